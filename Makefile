@@ -1,0 +1,42 @@
+# Every target installs what it needs into .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch: the pinned CPU build by default (CI); GPU users: make install TORCH_SPEC="torch>=2.4"
+TORCH_SPEC ?= torch==2.13.0
+# corpora: ../shared/data when it exists (tests, CI), else ./data (downloaded on first use)
+LMDISC_DATA_DIR ?= $(if $(wildcard ../shared/data/ptb/train.txt),$(abspath ../shared/data),$(CURDIR)/data)
+export LMDISC_DATA_DIR
+ARGS ?=
+
+.PHONY: install train test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Zaremba et al. 2014 small LSTM on PTB, on whatever accelerator is present
+train: install
+	$(PY) train.py experiment=zaremba_small $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/throughput.py --model lstm_small --steps 200
+	$(PY) benchmarks/throughput.py --model awd_lstm --steps 30
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache logs build src/*.egg-info

@@ -1,0 +1,5 @@
+"""Training callbacks."""
+
+from .nt_asgd import NTASGD
+
+__all__ = ["NTASGD"]

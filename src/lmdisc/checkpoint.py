@@ -1,0 +1,83 @@
+"""Reading and checking lmdisc checkpoints (tensors and primitives only, `weights_only=True`)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lmdisc.errors import LmdiscError
+from lmdisc.io import atomic_torch_save
+
+MODEL_PREFIX = "model."
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary file and renames it into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with `weights_only=True`; a missing, truncated or foreign file gets a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmdiscError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise LmdiscError(
+            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a torch "
+            f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise LmdiscError(f"{path} is not an lmdisc/Lightning checkpoint (no state_dict)")
+    meta = ckpt.get("lmdisc")
+    if not isinstance(meta, dict) or not meta.get("vocab"):
+        raise LmdiscError(
+            f"checkpoint {path} has no vocabulary (no lmdisc.vocab entry); it was not written by "
+            "lmdisc's train.py and cannot be evaluated or fine-tuned on a corpus"
+        )
+    return ckpt
+
+
+def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:
+    return list(ckpt["lmdisc"]["vocab"])
+
+
+def check_same_vocab(ckpt_vocab: list[str], data_vocab: list[str], what: str = "checkpoint") -> None:
+    """Refuse a model whose word ids mean other words than the corpus' ids."""
+    if ckpt_vocab == data_vocab:
+        return
+    if len(ckpt_vocab) != len(data_vocab):
+        detail = f"{len(ckpt_vocab)} words in the {what}, {len(data_vocab)} in the corpus"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(ckpt_vocab, data_vocab)) if a != b)
+        detail = f"id {i} is {ckpt_vocab[i]!r} in the {what} but {data_vocab[i]!r} in the corpus"
+    raise LmdiscError(
+        f"the {what}'s vocabulary does not match the corpus ({detail}); evaluate or fine-tune it "
+        "on the corpus it was trained on (data=...)"
+    )
+
+
+def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The LM's weights, without the LightningModule prefix; NT-ASGD's averaged ones if present."""
+    state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    state.update(ckpt.get("averaged_state_dict") or {})
+    return state
+
+
+def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the checkpoint's architecture from its stored config and load its weights."""
+    config = ckpt["lmdisc"].get("config") or {}
+    if "model" not in config:
+        raise LmdiscError("checkpoint has no model config (lmdisc.config.model); cannot rebuild it")
+    model = instantiate(config["model"], vocab_size=len(checkpoint_vocab(ckpt)))
+    model.load_state_dict(model_state_dict(ckpt))
+    return model

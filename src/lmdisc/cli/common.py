@@ -1,0 +1,55 @@
+"""Pieces shared by the entry points: config checks, the results table, closing loggers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from lmdisc.errors import LmdiscError
+from lmdisc.io import atomic_write_text
+
+
+def require_positive(cfg: DictConfig, *keys: str) -> None:
+    """Reject zero/negative sizes and rates before any work starts."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise LmdiscError(f"{key} must be a positive number, got {value!r}")
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """Write the fully resolved config next to the run's outputs and return it as a plain dict."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_text(
+        OmegaConf.to_yaml(OmegaConf.create(resolved)), Path(output_dir) / "config_resolved.yaml"
+    )
+    return resolved
+
+
+def print_results(results: Mapping[str, Mapping], title: str) -> None:
+    table = Table(title=title)
+    for column in ("split", "loss (nats)", "perplexity", "tokens", "tokens/s"):
+        table.add_column(column, justify="right")
+    for split, row in results.items():
+        table.add_row(
+            split,
+            f"{row['loss']:.4f}",
+            f"{row['ppl']:.2f}",
+            f"{row['tokens']:,}",
+            f"{row['tokens_per_s']:,.0f}",
+        )
+    Console().print(table)
+
+
+def close_loggers() -> None:
+    """Finish a W&B run so the next multirun job starts its own (lightning-hydra-template's task_wrapper)."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,66 @@
+"""The standard evaluation protocol (DESIGN.md §4): comparable with published PTB/WikiText-2 numbers.
+
+Each split is one token stream; validation is read in 10 columns, test in 1; the recurrent
+state is carried across windows, and every token except the first is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+
+from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.losses.base import token_nll
+
+STANDARD_BATCH_SIZES = {"valid": 10, "test": 1}
+
+
+@torch.inference_mode()
+def evaluate_stream(
+    model: torch.nn.Module,
+    windows: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Token-weighted loss and perplexity of `model` over a stream's windows, state carried."""
+    was_training = model.training
+    model.eval()
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    state = None
+    start = time.perf_counter()
+    try:
+        for inputs, targets in windows:
+            inputs, targets = inputs.to(device), targets.to(device)
+            logits, state, _ = model(inputs, state)
+            nll_sum += token_nll(logits, targets).double().sum()
+            tokens += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    loss = float(nll_sum) / max(tokens, 1)
+    seconds = time.perf_counter() - start
+    return {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def standard_protocol(
+    model: torch.nn.Module, datamodule, device: torch.device | str = "cpu"
+) -> dict[str, dict]:
+    """Validation (batch 10) and test (batch 1) results of `model` on `datamodule`'s corpus."""
+    return {
+        split: evaluate_stream(model, datamodule.split_loader(split, batch_size), device)
+        for split, batch_size in STANDARD_BATCH_SIZES.items()
+    }
+
+
+def flatten_results(results: dict[str, dict]) -> dict[str, float]:
+    """{"valid": {"ppl": ..}, "test": {..}} -> {"val/ppl": .., "test/ppl": ..} (the logged names)."""
+    names = {"valid": "val", "test": "test"}
+    return {f"{names[s]}/{k}": v for s, row in results.items() for k, v in row.items()}

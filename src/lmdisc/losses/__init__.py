@@ -1,0 +1,7 @@
+"""Training objectives, all with the same interface (see `base.Loss`)."""
+
+from .base import BatchContext, Loss, LossOutput, token_nll
+from .composite import CompositeLoss
+from .cross_entropy import CrossEntropyLoss
+
+__all__ = ["BatchContext", "CompositeLoss", "CrossEntropyLoss", "Loss", "LossOutput", "token_nll"]

@@ -1,0 +1,37 @@
+"""Weighted sum of loss terms, so presets compose (e.g. CE + alpha * another term)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from lmdisc.errors import LmdiscError
+
+from .base import BatchContext, Loss, LossOutput
+
+
+class CompositeLoss:
+    """`terms` maps a name to {"weight": float, "loss": Loss}; each term's value is logged by name."""
+
+    def __init__(self, terms: Mapping[str, Mapping]):
+        if not terms:
+            raise LmdiscError("loss.terms is empty: give at least one term, e.g. loss=ce")
+        self.terms: dict[str, tuple[float, Loss]] = {}
+        for name, term in terms.items():
+            if "weight" not in term or term["weight"] is None:
+                raise LmdiscError(f"loss term {name!r} has no weight; set loss.terms.{name}.weight")
+            if "loss" not in term:
+                raise LmdiscError(f"loss term {name!r} has no loss; set loss.terms.{name}.loss")
+            self.terms[name] = (float(term["weight"]), term["loss"])
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
+        total = None
+        logs: dict[str, torch.Tensor] = {}
+        for name, (weight, loss_fn) in self.terms.items():
+            out = loss_fn(logits, targets, ctx)
+            weighted = weight * out.loss
+            total = weighted if total is None else total + weighted
+            logs[name] = out.loss.detach()
+            logs.update({f"{name}/{k}": v for k, v in out.logs.items() if k != name})
+        return LossOutput(total, logs)

@@ -1,0 +1,30 @@
+"""Cross-entropy with an explicit reduction, so published learning rates need no silent rescaling."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BatchContext, LossOutput
+
+REDUCTIONS = ("token_mean", "sum_over_time")
+
+
+class CrossEntropyLoss:
+    """`token_mean`: mean NLL over the window's tokens (AWD-LSTM, pytorch/examples).
+
+    `sum_over_time`: NLL summed over the BPTT steps and averaged over the batch, as in Zaremba
+    et al. and the TensorFlow PTB tutorial; with it their "lr 1, clip 5" can be used verbatim.
+    """
+
+    def __init__(self, reduction: str = "token_mean"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+        self.reduction = reduction
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
+        summed = ctx.token_nll(logits, targets).sum()
+        if self.reduction == "token_mean":
+            loss = summed / (targets != ctx.ignore_index).sum().clamp_min(1)
+        else:
+            loss = summed / targets.shape[0]
+        return LossOutput(loss, {"ce": loss.detach()})

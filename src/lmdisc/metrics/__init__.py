@@ -1,0 +1,5 @@
+"""Metrics shared by training and evaluation."""
+
+from .perplexity import TokenNLL, perplexity
+
+__all__ = ["TokenNLL", "perplexity"]

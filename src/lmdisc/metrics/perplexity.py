@@ -1,0 +1,36 @@
+"""Token-weighted NLL / perplexity: sums over the whole split in fp64, reduced across DDP ranks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+
+from lmdisc.data.batching import IGNORE_INDEX
+
+
+class TokenNLL(Metric):
+    """exp(sum NLL / number of tokens) over everything seen; never a mean of batch perplexities."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs):
+        super().__init__(**kwargs)
+        self.ignore_index = ignore_index
+        self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, token_nll: torch.Tensor, targets: torch.Tensor) -> None:
+        """`token_nll`: per-token NLL [B, T], zero at ignored targets (see `losses.token_nll`)."""
+        self.nll_sum += token_nll.detach().double().sum()
+        self.tokens += (targets != self.ignore_index).sum()
+
+    def compute(self) -> torch.Tensor:
+        """Mean NLL per token in nats (perplexity is its exp)."""
+        return self.nll_sum / self.tokens.clamp_min(1)
+
+
+def perplexity(mean_nll: float | torch.Tensor) -> float:
+    return math.exp(float(mean_nll))

@@ -1,0 +1,41 @@
+"""Plain multi-layer LSTM language model (Zaremba et al. 2014; pytorch/examples word_language_model)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import LanguageModelBase, State
+
+
+class LSTMLanguageModel(LanguageModelBase):
+    """Embedding -> LSTM stack -> linear decoder, with dropout on every non-recurrent connection."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        init_range: float = 0.1,
+    ):
+        super().__init__()
+        if tie_weights and emb_size != hidden_size:
+            raise ValueError("tie_weights needs emb_size == hidden_size")
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.drop = nn.Dropout(dropout)
+        self.rnn = nn.LSTM(
+            emb_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0, batch_first=True
+        )
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        for param in self.parameters():
+            nn.init.uniform_(param, -init_range, init_range)
+        if tie_weights:
+            self.decoder.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        hidden, state = self.rnn(self.drop(self.embedding(tokens)), state)
+        return self.decoder(self.drop(hidden)), state, {}

@@ -1,0 +1,5 @@
+"""LightningModules."""
+
+from .lm import LanguageModel
+
+__all__ = ["LanguageModel"]
