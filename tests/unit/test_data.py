@@ -59,7 +59,7 @@ def test_empty_and_non_utf8_files_are_refused(tmp_path):
 
 def test_unknown_word_without_unk_is_refused(tmp_path):
     with pytest.raises(LmdiscError, match="not in the vocabulary"):
-        load_corpus(_write(tmp_path / "c", {**LINES, "test": " zebra \n"}))
+        load_corpus(_write(tmp_path / "c", {"train": " a b \n", "valid": " a \n", "test": " zebra \n"}))
 
 
 @pytest.mark.parametrize("field", ["batch_size", "bptt", "eval_batch_size"])
