@@ -76,6 +76,7 @@ def test_token_nll_is_fp32_under_bf16_logits():
     nll = token_nll(logits, targets)
     assert nll.dtype == torch.float32 and torch.isfinite(nll).all()
     assert nll.mean().item() == pytest.approx(
-        torch.nn.functional.cross_entropy(logits.float().reshape(-1, 30), targets.reshape(-1)).item(), rel=1e-6
+        torch.nn.functional.cross_entropy(logits.float().reshape(-1, 30), targets.reshape(-1)).item(),
+        rel=1e-6,
     )
     assert math.isfinite(nll.sum().item())

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from lmdisc.models import AWDLSTM, LockedDropout, LSTMLanguageModel, WeightDrop, detach_state, embedding_dropout
+from lmdisc.models import (
+    AWDLSTM,
+    LockedDropout,
+    LSTMLanguageModel,
+    WeightDrop,
+    detach_state,
+    embedding_dropout,
+)
 
 V = 50
 

@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class NTASGD(Callback):
@@ -75,7 +76,7 @@ class NTASGD(Callback):
         ):
             self.averaged = {n: p.detach().clone() for n, p in self._params(pl_module).items()}
             self.n_averaged = 1
-            pl_module.print(f"NT-ASGD: averaging weights from epoch {trainer.current_epoch}")
+            rank_zero_info(f"NT-ASGD: averaging weights from epoch {trainer.current_epoch}")
         self.history.append(value)
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from lmdisc.checkpoint import (
@@ -37,8 +38,10 @@ POSITIVE_KEYS = (
 )
 
 
-def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not has_logger:  # Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.optim.get("averaging") is not None:
         callbacks.append(instantiate(cfg.optim.averaging))
     return callbacks
@@ -79,8 +82,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     vocab = datamodule.vocab.words
     module = build_module(cfg, vocab, run_config)
+    loggers = _loggers(cfg)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg), logger=_loggers(cfg), plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=_callbacks(cfg, bool(loggers)), logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -90,6 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_tokens_per_s": module.tokens_seen * trainer.world_size / fit_seconds,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
+        "vocab_size": len(vocab),
     }
     if cfg.get("evaluate", True) and trainer.is_global_zero:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""

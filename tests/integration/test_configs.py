@@ -1,0 +1,74 @@
+"""Every option of every config group composes and instantiates; bad options fail clearly."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from lmdisc.cli import CONF_DIR
+from lmdisc.cli.train import train
+from lmdisc.errors import LmdiscError
+
+from helpers import compose_train, quick_overrides
+
+GROUPS = ["data", "model", "loss", "optim", "scheduler", "trainer", "callbacks", "logger", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x))
+def test_every_option_composes(tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "text":
+        overrides.append(f"data.path={tmp_path}")
+    cfg = compose_train(tmp_path, overrides)
+    if group == "experiment":
+        assert cfg.task_name == option  # experiments are global packages that name their runs
+    else:
+        assert group in cfg
+    if group in ("model",):
+        model = instantiate(cfg.model, vocab_size=30)
+        assert sum(p.numel() for p in model.parameters()) > 0
+    if group in ("loss", "optim", "logger", "callbacks", "scheduler"):
+        instantiate(cfg[group])
+
+
+def test_eval_config_composes(tmp_path):
+    cfg = compose_train(tmp_path, ["ckpt=x.ckpt", "data=ptb"], config_name="eval")
+    assert cfg.data.name == "ptb" and cfg.ckpt == "x.ckpt"
+
+
+def test_zaremba_experiment_matches_the_paper(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=zaremba_small"])
+    assert (cfg.data.batch_size, cfg.data.bptt, cfg.trainer.max_epochs) == (20, 20, 13)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.dropout) == (200, 2, 0.0)
+    assert cfg.optim.optimizer.lr == 1.0 and cfg.trainer.gradient_clip_val == 5.0
+    assert cfg.loss.terms.ce.loss.reduction == "sum_over_time"
+    assert cfg.scheduler.scheduler.start_epoch == 4 and cfg.scheduler.scheduler.gamma == 0.5
+
+
+@pytest.mark.parametrize("override", ["model=transformer_xl", "loss=hinge", "optim=lion"])
+def test_unknown_option_is_refused(tmp_path, override):
+    with pytest.raises(
+        (ConfigCompositionException, MissingConfigException), match="(?s)Could not find.*Available options"
+    ):
+        compose_train(tmp_path, [override])
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.bptt=-5", "data.bptt"),
+        ("optim.optimizer.lr=0", "optim.optimizer.lr"),
+        ("optim.optimizer.lr=-1", "optim.optimizer.lr"),
+    ],
+)
+def test_non_positive_values_are_refused_before_training(tmp_path, tiny_corpus, override, key):
+    cfg = compose_train(tmp_path, [*quick_overrides(tiny_corpus), override])
+    with pytest.raises(LmdiscError, match=key):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
