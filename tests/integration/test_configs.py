@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import pytest
+from helpers import compose_train, quick_overrides
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
 from lmdisc.cli import CONF_DIR
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError
-
-from helpers import compose_train, quick_overrides
 
 GROUPS = ["data", "model", "loss", "optim", "scheduler", "trainer", "callbacks", "logger", "experiment"]
 
@@ -53,7 +52,7 @@ def test_zaremba_experiment_matches_the_paper(tmp_path):
 @pytest.mark.parametrize("override", ["model=transformer_xl", "loss=hinge", "optim=lion"])
 def test_unknown_option_is_refused(tmp_path, override):
     with pytest.raises(
-        (ConfigCompositionException, MissingConfigException), match="(?s)Could not find.*Available options"
+        (ConfigCompositionException, MissingConfigException), match=r"(?s)Could not find.*Available options"
     ):
         compose_train(tmp_path, [override])
 

@@ -50,8 +50,9 @@ def test_short_training_lowers_validation_perplexity(trained_run, tiny_corpus):
     assert len(curve) == 3
     assert curve[-1] < curve[0]
     assert metrics["val/ppl"] < 0.5 * metrics["vocab_size"]  # far better than a uniform guess
-    assert metrics["val/tokens"] == sum(len(line.split()) + 1 for line in open(tiny_corpus / "valid.txt")) - 1
-    assert metrics["test/tokens"] == sum(len(line.split()) + 1 for line in open(tiny_corpus / "test.txt")) - 1
+    for split, name in (("val", "valid"), ("test", "test")):
+        lines = (tiny_corpus / f"{name}.txt").read_text().splitlines()
+        assert metrics[f"{split}/tokens"] == sum(len(line.split()) + 1 for line in lines) - 1
     assert (run_dir / "config_resolved.yaml").is_file()
     assert json.loads((run_dir / "metrics.json").read_text())["val/ppl"] == metrics["val/ppl"]
 

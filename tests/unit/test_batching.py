@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_rank_shards_are_disjoint_contiguous_and_cover_the_stream(world_size):
     for s in shards:
         t = s.targets.flatten()
         per_rank.append(t[t != IGNORE_INDEX].tolist())
-    for a, b in zip(per_rank, per_rank[1:]):
+    for a, b in itertools.pairwise(per_rank):
         assert max(a) < min(b)  # contiguous, in rank order, disjoint
     assert sorted(x for r in per_rank for x in r) == list(range(1, n))
 

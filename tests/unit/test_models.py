@@ -23,7 +23,7 @@ def _tiny_awd(**kw):
 def test_forward_interface_and_state_carry(make):
     model = make().eval()
     tokens = torch.randint(0, V, (3, 7))
-    logits, state, extras = model(tokens)
+    logits, _state, extras = model(tokens)
     assert logits.shape == (3, 7, V)
     assert isinstance(extras, dict)
     # carrying the state over two windows equals one pass over the whole sequence
