@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import corpus_dir, write_slice
+from helpers import compose_train, corpus_dir, quick_overrides, write_slice
+
+from lmdisc.cli.train import train
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,14 @@ def ptb_dir() -> Path:
 def tiny_corpus(tmp_path_factory, ptb_dir) -> Path:
     """The first lines of PTB: a real corpus small enough to train on in seconds."""
     return write_slice(ptb_dir, tmp_path_factory.mktemp("tiny"), {"train": 600, "valid": 80, "test": 80})
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_corpus):
+    """Three epochs of a small LSTM on the first 600 lines of PTB; its checkpoints feed later tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = compose_train(
+        tmp, [*quick_overrides(tiny_corpus), "trainer.max_epochs=3", "optim.optimizer.lr=5", "seed=7"]
+    )
+    metrics = train(cfg)
+    return tmp / "run", metrics

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
+from lmdisc.analysis.frequency import FrequencyBuckets
 from lmdisc.data.batching import IGNORE_INDEX
 from lmdisc.losses.base import token_nll
 
@@ -23,8 +24,13 @@ def evaluate_stream(
     model: torch.nn.Module,
     windows: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device | str = "cpu",
+    observers: Iterable[Callable[[torch.Tensor, torch.Tensor], None]] = (),
 ) -> dict[str, float]:
-    """Token-weighted loss and perplexity of `model` over a stream's windows, state carried."""
+    """Token-weighted loss and perplexity of `model` over a stream's windows, state carried.
+
+    Each observer is called with (targets, per-token NLL) of every window, e.g. to bucket tokens.
+    """
+    observers = list(observers)
     was_training = model.training
     model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -35,7 +41,10 @@ def evaluate_stream(
         for inputs, targets in windows:
             inputs, targets = inputs.to(device), targets.to(device)
             logits, state, _ = model(inputs, state)
-            nll_sum += token_nll(logits, targets).double().sum()
+            nll = token_nll(logits, targets)
+            nll_sum += nll.double().sum()
+            for observe in observers:
+                observe(targets, nll)
             tokens += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
@@ -51,16 +60,30 @@ def evaluate_stream(
 
 
 def standard_protocol(
-    model: torch.nn.Module, datamodule, device: torch.device | str = "cpu"
+    model: torch.nn.Module, datamodule, device: torch.device | str = "cpu", buckets: bool = True
 ) -> dict[str, dict]:
-    """Validation (batch 10) and test (batch 1) results of `model` on `datamodule`'s corpus."""
-    return {
-        split: evaluate_stream(model, datamodule.split_loader(split, batch_size), device)
-        for split, batch_size in STANDARD_BATCH_SIZES.items()
-    }
+    """Validation (batch 10) and test (batch 1) results of `model` on `datamodule`'s corpus.
+
+    With `buckets`, each split's result also has "buckets": its frequency-bucket rows.
+    """
+    corpus = datamodule.load()
+    results = {}
+    for split, batch_size in STANDARD_BATCH_SIZES.items():
+        bucketer = FrequencyBuckets(corpus["train"], len(corpus.vocab)) if buckets else None
+        observers = [bucketer.update] if bucketer else []
+        results[split] = evaluate_stream(model, datamodule.split_loader(split, batch_size), device, observers)
+        if bucketer:
+            results[split]["buckets"] = bucketer.rows()
+    return results
 
 
-def flatten_results(results: dict[str, dict]) -> dict[str, float]:
-    """{"valid": {"ppl": ..}, "test": {..}} -> {"val/ppl": .., "test/ppl": ..} (the logged names)."""
+def flatten_results(results: dict[str, dict]) -> dict:
+    """{"valid": {"ppl": ..}, "test": {..}} -> {"val/ppl": .., "test/ppl": .., "buckets": {"val": rows}}."""
     names = {"valid": "val", "test": "test"}
-    return {f"{names[s]}/{k}": v for s, row in results.items() for k, v in row.items()}
+    flat: dict = {
+        f"{names[s]}/{k}": v for s, row in results.items() for k, v in row.items() if k != "buckets"
+    }
+    buckets = {names[s]: row["buckets"] for s, row in results.items() if "buckets" in row}
+    if buckets:
+        flat["buckets"] = buckets
+    return flat

@@ -33,17 +33,6 @@ def test_fast_dev_run_every_model(tmp_path, tiny_corpus, model):
     assert metrics["global_step"] == 1
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_corpus):
-    """Three epochs of a small LSTM on the first 600 lines of PTB; its checkpoints feed later tests."""
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = compose_train(
-        tmp, [*quick_overrides(tiny_corpus), "trainer.max_epochs=3", "optim.optimizer.lr=5", "seed=7"]
-    )
-    metrics = train(cfg)
-    return tmp / "run", metrics
-
-
 def test_short_training_lowers_validation_perplexity(trained_run, tiny_corpus):
     run_dir, metrics = trained_run
     curve = _val_curve(run_dir)

@@ -9,7 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from lmdisc.analysis.frequency import plot_buckets
 from lmdisc.errors import LmdiscError
+from lmdisc.evaluation import flatten_results
 from lmdisc.io import atomic_write_text
 
 
@@ -42,7 +44,33 @@ def print_results(results: Mapping[str, Mapping], title: str) -> None:
             f"{row['tokens']:,}",
             f"{row['tokens_per_s']:,.0f}",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for split, row in results.items():
+        if "buckets" not in row:
+            continue
+        buckets = Table(title=f"{split}: by training-set frequency of the target word")
+        for column in ("train count", "tokens", "share", "mean log-prob", "perplexity"):
+            buckets.add_column(column, justify="right")
+        for b in row["buckets"]:
+            buckets.add_row(
+                b["bucket"],
+                f"{b['tokens']:,}",
+                f"{b['share']:.3f}",
+                f"{b['mean_logprob']:.3f}",
+                f"{b['ppl']:.1f}",
+            )
+        console.print(buckets)
+
+
+def report_results(results: dict[str, dict], title: str, output_dir: str | Path) -> dict:
+    """Print the tables, plot the frequency buckets next to metrics.json, return the flat metrics."""
+    print_results(results, title)
+    flat = flatten_results(results)
+    if "buckets" in flat:
+        plot = plot_buckets(flat["buckets"], Path(output_dir) / "buckets.png", title)
+        flat["buckets_plot"] = str(plot)
+    return flat
 
 
 def close_loggers() -> None:

@@ -21,12 +21,12 @@ from lmdisc.checkpoint import (
     load_checkpoint,
     model_state_dict,
 )
-from lmdisc.evaluation import flatten_results, standard_protocol
+from lmdisc.evaluation import standard_protocol
 from lmdisc.io import atomic_write_json
 from lmdisc.modules import LanguageModel
 
 from . import CONF_DIR
-from .common import close_loggers, print_results, require_positive, save_resolved_config
+from .common import close_loggers, report_results, require_positive, save_resolved_config
 
 POSITIVE_KEYS = (
     "data.batch_size",
@@ -104,8 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model = build_model(ckpt)
             device = module.device
             results = standard_protocol(model.to(device), datamodule, device)
-            print_results(results, f"standard protocol: {ckpt_file}")
-            metrics.update({"checkpoint": str(ckpt_file), **flatten_results(results)})
+            flat = report_results(results, f"standard protocol: {ckpt_file}", output_dir)
+            metrics.update({"checkpoint": str(ckpt_file), **flat})
     if trainer.is_global_zero:
         atomic_write_json(metrics, output_dir / "metrics.json")
     close_loggers()

@@ -3,5 +3,14 @@
 from .base import BatchContext, Loss, LossOutput, token_nll
 from .composite import CompositeLoss
 from .cross_entropy import CrossEntropyLoss
+from .perplexity import PerplexityLoss
 
-__all__ = ["BatchContext", "CompositeLoss", "CrossEntropyLoss", "Loss", "LossOutput", "token_nll"]
+__all__ = [
+    "BatchContext",
+    "CompositeLoss",
+    "CrossEntropyLoss",
+    "Loss",
+    "LossOutput",
+    "PerplexityLoss",
+    "token_nll",
+]

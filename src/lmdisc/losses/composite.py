@@ -12,9 +12,17 @@ from .base import BatchContext, Loss, LossOutput
 
 
 class CompositeLoss:
-    """`terms` maps a name to {"weight": float, "loss": Loss}; each term's value is logged by name."""
+    """`terms` maps a name to {"weight": float, "loss": Loss}; each term's value is logged by name.
 
-    def __init__(self, terms: Mapping[str, Mapping]):
+    Extra keyword arguments are the preset's named hyperparameters (e.g. `alpha`) that the term
+    weights interpolate, so `loss.alpha=0.1` works from the command line; numbers must be >= 0.
+    """
+
+    def __init__(self, terms: Mapping[str, Mapping], **hyperparameters: float | str):
+        for key, value in hyperparameters.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise LmdiscError(f"loss.{key} must be >= 0, got {value!r}")
+        self.hyperparameters = dict(hyperparameters)
         if not terms:
             raise LmdiscError("loss.terms is empty: give at least one term, e.g. loss=ce")
         self.terms: dict[str, tuple[float, Loss]] = {}
@@ -23,6 +31,8 @@ class CompositeLoss:
                 raise LmdiscError(f"loss term {name!r} has no weight; set loss.terms.{name}.weight")
             if "loss" not in term:
                 raise LmdiscError(f"loss term {name!r} has no loss; set loss.terms.{name}.loss")
+            if float(term["weight"]) < 0:
+                raise LmdiscError(f"loss term {name!r} has weight {term['weight']} < 0")
             self.terms[name] = (float(term["weight"]), term["loss"])
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:

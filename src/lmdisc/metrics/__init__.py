@@ -1,5 +1,14 @@
 """Metrics shared by training and evaluation."""
 
 from .perplexity import TokenNLL, perplexity
+from .split import SplitMetrics
+from .uncertainty import CalibrationError, PredictiveEntropy, token_entropy_bits
 
-__all__ = ["TokenNLL", "perplexity"]
+__all__ = [
+    "CalibrationError",
+    "PredictiveEntropy",
+    "SplitMetrics",
+    "TokenNLL",
+    "perplexity",
+    "token_entropy_bits",
+]

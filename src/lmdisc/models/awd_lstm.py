@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LanguageModelBase, State
+from .base import LanguageModelBase, State, run_recurrent
 from .regularizers import LockedDropout, WeightDrop, embedding_dropout
 
 
@@ -57,7 +57,7 @@ class AWDLSTM(LanguageModelBase):
         x = self.lockdrop(x, self.dropouti)
         new_state = []
         for layer, rnn in enumerate(self.rnns):
-            x, layer_state = rnn(x, None if state is None else state[layer])
+            x, layer_state = run_recurrent(rnn, x, None if state is None else state[layer])
             new_state.append(layer_state)
             raw_output = x
             if layer != len(self.rnns) - 1:

@@ -19,6 +19,25 @@ def detach_state(state: State) -> State:
     return type(state)(detach_state(s) for s in state)
 
 
+def _to_float(state: State) -> State:
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.float()
+    return type(state)(_to_float(s) for s in state)
+
+
+def run_recurrent(rnn: nn.Module, x: torch.Tensor, state: State = None):
+    """Call an LSTM, in fp32 when CPU autocast is on: the fused CPU kernel rejects bf16.
+
+    Everything around the recurrent core (embedding, decoder, softmax) still runs in bf16.
+    """
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return rnn(x.float(), _to_float(state))
+    return rnn(x, state)
+
+
 class LanguageModelBase(nn.Module):
     """forward(tokens[B,T], state=None) -> (logits[B,T,V], new_state, extras)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LanguageModelBase, State
+from .base import LanguageModelBase, State, run_recurrent
 
 
 class LSTMLanguageModel(LanguageModelBase):
@@ -37,5 +37,5 @@ class LSTMLanguageModel(LanguageModelBase):
             self.decoder.weight = self.embedding.weight
 
     def forward(self, tokens: torch.Tensor, state: State = None):
-        hidden, state = self.rnn(self.drop(self.embedding(tokens)), state)
+        hidden, state = run_recurrent(self.rnn, self.drop(self.embedding(tokens)), state)
         return self.decoder(self.drop(hidden)), state, {}

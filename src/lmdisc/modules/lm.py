@@ -7,10 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
-from lmdisc.losses.base import BatchContext, Loss, token_nll
-from lmdisc.metrics import TokenNLL
+from lmdisc.losses.base import BatchContext, Loss
+from lmdisc.metrics import SplitMetrics, TokenNLL
 from lmdisc.models.base import LanguageModelBase, detach_state
+
+EVAL_STAGES = ("val", "train_eval", "test")
 
 
 class LanguageModel(L.LightningModule):
@@ -46,9 +49,8 @@ class LanguageModel(L.LightningModule):
         self.vocab = list(vocab or [])
         self.run_config = run_config or {}
         self.train_nll = TokenNLL()
-        self.val_nll = TokenNLL()
-        self.test_nll = TokenNLL()
-        self._state: dict[str, Any] = {"train": None, "val": None, "test": None}
+        self.eval_metrics = nn.ModuleDict({stage: SplitMetrics() for stage in EVAL_STAGES})
+        self._state: dict[str, Any] = {"train": None, **dict.fromkeys(EVAL_STAGES)}
         self._window_len = bptt
         self.tokens_seen = 0  # input tokens of this process' training windows, for throughput
 
@@ -78,7 +80,10 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_split("train", self.train_nll)
+        nll = self.train_nll.compute().float()
+        self.train_nll.reset()
+        self.log("train/loss", nll)
+        self.log("train/ppl", nll.exp())
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         scale = self._window_len / self.bptt if self.scale_lr_by_window else 1.0
@@ -93,35 +98,40 @@ class LanguageModel(L.LightningModule):
                 group["lr"] = lr
 
     # ---- evaluation -----------------------------------------------------------------------
-    def _eval_step(self, stage: str, metric: TokenNLL, batch) -> None:
+    def _eval_step(self, stage: str, batch) -> None:
         inputs, targets = batch
         logits, state, _ = self.model(inputs, self._state[stage])
         self._state[stage] = state
-        metric.update(token_nll(logits, targets), targets)
+        self.eval_metrics[stage].update(logits, targets)
 
-    def _log_split(self, stage: str, metric: TokenNLL) -> None:
-        nll = metric.compute()
-        self.log(f"{stage}/loss", nll.float(), prog_bar=False)
-        self.log(f"{stage}/ppl", nll.exp().float(), prog_bar=stage == "val")
-        metric.reset()
+    def _log_eval(self, stage: str) -> dict[str, torch.Tensor]:
+        values = {k: v.float() for k, v in self.eval_metrics[stage].compute().items()}
+        self.eval_metrics[stage].reset()
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "ppl")
+        return values
 
     def on_validation_epoch_start(self) -> None:
-        self._state["val"] = None
+        self._state["val"] = self._state["train_eval"] = None
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("val", self.val_nll, batch)
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # dataloader 1, when configured (data.train_eval_tokens), is a fixed slice of train
+        self._eval_step("train_eval" if dataloader_idx == 1 else "val", batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_split("val", self.val_nll)
+        val = self._log_eval("val")
+        if self.eval_metrics["train_eval"].nll.tokens > 0:
+            train = self._log_eval("train_eval")
+            self.log("gap/ppl", val["ppl"] - train["ppl"])
 
     def on_test_epoch_start(self) -> None:
         self._state["test"] = None
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", self.test_nll, batch)
+        self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self._log_split("test", self.test_nll)
+        self._log_eval("test")
 
     # ---- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):

@@ -1,0 +1,37 @@
+"""All evaluation metrics of one split, fed from one log_softmax per window."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.losses.base import gather_nll
+
+from .perplexity import TokenNLL
+from .uncertainty import CalibrationError, PredictiveEntropy
+
+
+class SplitMetrics(nn.Module):
+    """Token-weighted loss/perplexity, predictive entropy (bits) and top-1 ECE of a split."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.nll = TokenNLL(ignore_index)
+        self.entropy = PredictiveEntropy(ignore_index)
+        self.ece = CalibrationError(ignore_index=ignore_index)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        log_probs = torch.log_softmax(logits.detach().float(), dim=-1)
+        self.nll.update(gather_nll(log_probs, targets, self.ignore_index), targets)
+        self.entropy.update(log_probs, targets)
+        self.ece.update(log_probs, targets)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss = self.nll.compute()
+        return {"loss": loss, "ppl": loss.exp(), "entropy": self.entropy.compute(), "ece": self.ece.compute()}
+
+    def reset(self) -> None:
+        for metric in (self.nll, self.entropy, self.ece):
+            metric.reset()
