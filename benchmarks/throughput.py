@@ -2,10 +2,12 @@
 
     python benchmarks/throughput.py --model lstm_small --steps 200
     python benchmarks/throughput.py --model awd_lstm --steps 30
+    python benchmarks/throughput.py --model lstm_small --losses ce,ppl_reg,ppl
 
-Prints tokens/s of both, their ratio (ours / plain) and peak memory (CPU: max RSS growth;
-CUDA: max allocated). Each side runs `--repeats` times, alternating, and the best is reported,
-so a background hiccup does not decide the ratio.
+Prints tokens/s of the plain loop (with the first loss) and of our module with each loss, the
+ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
+allocated). Every configuration runs `--repeats` times, interleaved, and its best run is
+reported, so a background hiccup does not decide a ratio.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import resource
+import threading
 import time
 
 import lightning as L
@@ -28,10 +30,41 @@ from lmdisc.models import detach_state
 from lmdisc.modules import LanguageModel
 
 
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakMemory:
+    """Peak memory while the block runs: CUDA max allocated, or on CPU the growth of the resident
+    set over its value at entry, sampled every 5 ms from /proc/self/statm."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss_mb())
+            time.sleep(0.005)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._start = self._max = self._rss_mb()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = self._max - self._start
 
 
 def plain_loop(model, loss_fn, optimizer, batches, clip: float, device) -> float:
@@ -88,8 +121,10 @@ def main() -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--losses", default="ce", help="comma-separated conf/loss options for our module")
     args = parser.parse_args()
 
+    losses = args.losses.split(",")
     overrides = [
         f"model={args.model}",
         f"data={args.data}",
@@ -98,8 +133,11 @@ def main() -> None:
         "paths.root_dir=.",
         "paths.output_dir=/tmp/lmdisc-bench",
     ]
+    cfgs = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        for loss in losses:
+            cfgs[loss] = compose("train", overrides=[*overrides, f"loss={loss}"])
+    cfg = cfgs[losses[0]]
     datamodule: LMDataModule = instantiate(cfg.data)
     vocab = datamodule.vocab
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
@@ -113,38 +151,41 @@ def main() -> None:
         f"device={device}"
     )
 
-    results: dict[str, list[float]] = {"plain": [], "ours": []}
+    names = ["plain", *(f"ours[{loss}]" for loss in losses)]
+    results: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, float] = {}
     for _ in range(args.repeats):
         model = copy.deepcopy(template).to(device)
         optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        results["plain"].append(plain_loop(model, instantiate(cfg.loss), optimizer, batches, clip, device))
-        peaks["plain"] = max(peaks.get("plain", 0.0), _peak_mb(device))
+        with PeakMemory(device) as memory:
+            results["plain"].append(
+                plain_loop(model, instantiate(cfg.loss), optimizer, batches, clip, device)
+            )
+        peaks["plain"] = max(peaks.get("plain", 0.0), memory.peak_mb)
+        del model, optimizer
+        for loss in losses:
+            module = LanguageModel(
+                model=copy.deepcopy(template),
+                loss=instantiate(cfgs[loss].loss),
+                optimizer=instantiate(cfg.optim.optimizer),
+                bptt=args.bptt,
+                vocab=vocab.words,
+            )
+            name = f"ours[{loss}]"
+            with PeakMemory(device) as memory:
+                results[name].append(lightning_loop(module, datamodule, len(batches), clip, args.accelerator))
+            peaks[name] = max(peaks.get(name, 0.0), memory.peak_mb)
+            del module
 
-        module = LanguageModel(
-            model=copy.deepcopy(template),
-            loss=instantiate(cfg.loss),
-            optimizer=instantiate(cfg.optim.optimizer),
-            bptt=args.bptt,
-            vocab=vocab.words,
-        )
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        results["ours"].append(lightning_loop(module, datamodule, len(batches), clip, args.accelerator))
-        peaks["ours"] = max(peaks.get("ours", 0.0), _peak_mb(device))
-
-    plain, ours = max(results["plain"]), max(results["ours"])
-    print(
-        f"plain PyTorch loop : {plain:10,.0f} tokens/s  (runs: {', '.join(f'{r:,.0f}' for r in results['plain'])})"
-    )
-    print(
-        f"lmdisc LanguageModel: {ours:10,.0f} tokens/s  (runs: {', '.join(f'{r:,.0f}' for r in results['ours'])})"
-    )
-    print(f"ratio ours/plain   : {ours / plain:.3f}")
-    unit = "max allocated" if device.type == "cuda" else "process max RSS, cumulative"
-    print(f"peak memory ({unit}): plain {peaks['plain']:.0f} MB, ours {peaks['ours']:.0f} MB")
+    best = {name: max(runs) for name, runs in results.items()}
+    unit = "CUDA max allocated" if device.type == "cuda" else "growth of resident memory"
+    for name in names:
+        runs = ", ".join(f"{r:,.0f}" for r in results[name])
+        print(f"{name:<16} {best[name]:10,.0f} tokens/s   peak {peaks[name]:7.0f} MB ({unit})   runs: {runs}")
+    first = f"ours[{losses[0]}]"
+    print(f"ratio {first}/plain: {best[first] / best['plain']:.3f}")
+    for loss in losses[1:]:
+        print(f"ratio ours[{loss}]/{first}: {best[f'ours[{loss}]'] / best[first]:.3f}")
 
 
 if __name__ == "__main__":

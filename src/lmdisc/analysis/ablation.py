@@ -108,7 +108,11 @@ def plot_curves(groups: dict[str, list[dict]], path: Path) -> Path:
         mean = [statistics.mean(col) for col in zip(*values)]
         (line,) = ax.plot(steps, mean, marker="o", label=f"{label} (n={len(curves)})")
         ax.fill_between(
-            steps, [min(col) for col in zip(*values)], [max(col) for col in zip(*values)], color=line.get_color(), alpha=0.2
+            steps,
+            [min(col) for col in zip(*values)],
+            [max(col) for col in zip(*values)],
+            color=line.get_color(),
+            alpha=0.2,
         )
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
@@ -125,7 +129,9 @@ def plot_curves(groups: dict[str, list[dict]], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("roots", nargs="+", type=Path, help="run or multirun directories to search")
     parser.add_argument("--out", type=Path, default=Path("results/loss_ablation"))
     args = parser.parse_args(argv)
