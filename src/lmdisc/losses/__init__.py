@@ -3,7 +3,9 @@
 from .base import BatchContext, Loss, LossOutput, token_nll
 from .composite import CompositeLoss
 from .cross_entropy import CrossEntropyLoss
+from .discriminator import discriminator_bce, discriminator_stats
 from .perplexity import PerplexityLoss
+from .reverse_kl import ReverseKLLoss, reverse_kl_terms
 
 __all__ = [
     "BatchContext",
@@ -12,5 +14,9 @@ __all__ = [
     "Loss",
     "LossOutput",
     "PerplexityLoss",
+    "ReverseKLLoss",
+    "discriminator_bce",
+    "discriminator_stats",
+    "reverse_kl_terms",
     "token_nll",
 ]

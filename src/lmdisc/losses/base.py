@@ -18,6 +18,8 @@ class BatchContext:
     state: Any = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     ignore_index: int = IGNORE_INDEX
+    # True for the first window of a stream: losses with their own recurrent models reset them
+    first_window: bool = False
     _log_probs: torch.Tensor | None = field(default=None, repr=False)
     _log_probs_of: torch.Tensor | None = field(default=None, repr=False)
     _nll: torch.Tensor | None = field(default=None, repr=False)

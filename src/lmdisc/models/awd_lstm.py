@@ -52,7 +52,16 @@ class AWDLSTM(LanguageModelBase):
         else:
             nn.init.uniform_(self.decoder.weight, -init_range, init_range)
 
+    @property
+    def feature_size(self) -> int:
+        return self.decoder.in_features
+
     def forward(self, tokens: torch.Tensor, state: State = None):
+        output, new_state, extras = self.features(tokens, state)
+        return self.decoder(output), new_state, extras
+
+    def features(self, tokens: torch.Tensor, state: State = None):
+        """The body's output before the decoder: (hidden[B,T,H], new_state, extras)."""
         x = embedding_dropout(self.embedding, tokens, self.dropoute if self.training else 0.0)
         x = self.lockdrop(x, self.dropouti)
         new_state = []
@@ -64,7 +73,7 @@ class AWDLSTM(LanguageModelBase):
                 x = self.lockdrop(x, self.dropouth)
         output = self.lockdrop(x, self.dropout)
         extras = {"raw_output": raw_output, "dropped_output": output}
-        return self.decoder(output), new_state, extras
+        return output, new_state, extras
 
     def regularization_loss(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """AR (alpha * mean squared dropped output) + TAR (beta * mean squared step change)."""

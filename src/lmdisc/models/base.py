@@ -39,9 +39,17 @@ def run_recurrent(rnn: nn.Module, x: torch.Tensor, state: State = None):
 
 
 class LanguageModelBase(nn.Module):
-    """forward(tokens[B,T], state=None) -> (logits[B,T,V], new_state, extras)."""
+    """forward(tokens[B,T], state=None) -> (logits[B,T,V], new_state, extras).
+
+    `features` returns the body's output before the decoder, so a discriminator can reuse (a
+    copy of) the body as its context encoder.
+    """
 
     vocab_size: int
+    feature_size: int
+
+    def features(self, tokens: torch.Tensor, state: State = None):
+        raise NotImplementedError
 
     def regularization_loss(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Model-specific penalty added to the training loss (AWD's AR/TAR); none by default."""

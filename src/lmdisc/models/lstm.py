@@ -36,6 +36,15 @@ class LSTMLanguageModel(LanguageModelBase):
         if tie_weights:
             self.decoder.weight = self.embedding.weight
 
-    def forward(self, tokens: torch.Tensor, state: State = None):
+    @property
+    def feature_size(self) -> int:
+        return self.rnn.hidden_size
+
+    def features(self, tokens: torch.Tensor, state: State = None):
+        """The body's output before the decoder: (hidden[B,T,H], new_state, extras)."""
         hidden, state = run_recurrent(self.rnn, self.drop(self.embedding(tokens)), state)
-        return self.decoder(self.drop(hidden)), state, {}
+        return self.drop(hidden), state, {}
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        hidden, state, extras = self.features(tokens, state)
+        return self.decoder(hidden), state, extras

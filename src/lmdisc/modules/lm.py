@@ -65,9 +65,10 @@ class LanguageModel(L.LightningModule):
         inputs, targets = batch
         self._window_len = inputs.shape[1]
         self.tokens_seen += inputs.numel()
+        first_window = self._state["train"] is None
         logits, state, extras = self.model(inputs, self._state["train"])
         self._state["train"] = detach_state(state)
-        ctx = BatchContext(inputs=inputs, state=state, extras=extras)
+        ctx = BatchContext(inputs=inputs, state=state, extras=extras, first_window=first_window)
         out = self.loss_fn(logits, targets, ctx)
         loss = out.loss
         penalty = self.model.regularization_loss(extras)

@@ -1,0 +1,75 @@
+"""Reverse KL to the data distribution, estimated with a discriminator (Popov & Kudinov 2018).
+
+    term(θ) = mean_c Σ_v q_θ(v|c) [log q_θ(v|c) − log q_0(v|c) − s(c)_v]
+
+q_0 is a frozen copy of the LM at the start of fine-tuning and s the discriminator's logits,
+trained so that s* = log p − log q_0: then the bracket is log q_θ − log p and the sum is exactly
+KL(q_θ‖p). With s ≡ 0 it is KL(q_θ‖q_0), a "stay near the base model" control. The sum runs over
+the whole vocabulary (no sampling); q_0 and s carry no gradient. Used as a weighted term of
+`CompositeLoss` next to cross-entropy, the weight being λ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmdisc.models.base import State
+
+from .base import BatchContext, LossOutput
+
+
+def reverse_kl_terms(
+    log_q: torch.Tensor, log_q0: torch.Tensor, s: torch.Tensor | None, mask: torch.Tensor
+) -> torch.Tensor:
+    """Per-position Σ_v q [log q − log q0 − s] ([B, T], zero where `mask` is False)."""
+    inner = log_q - log_q0
+    if s is not None:
+        inner = inner - s
+    return (log_q.exp() * inner).sum(-1) * mask
+
+
+class ReverseKLLoss:
+    """The rKL term for `loss=rkl_disc`, with its own carried states for q_0 and the discriminator.
+
+    `reference` and `discriminator` are frozen `forward(tokens, state) -> (out, state, extras)`
+    modules (the discriminator's `out` is s). They are not nn.Module attributes of the
+    LightningModule, so they stay out of its state dict, its optimiser and DDP's gradient sync.
+    """
+
+    def __init__(self, reference: nn.Module, discriminator: nn.Module | None = None):
+        self.reference = reference.eval().requires_grad_(False)
+        self.discriminator = discriminator.eval().requires_grad_(False) if discriminator is not None else None
+        self._states: tuple[State, State] = (None, None)
+
+    def _to(self, device: torch.device) -> None:
+        if next(self.reference.parameters()).device != device:
+            self.reference.to(device)
+            if self.discriminator is not None:
+                self.discriminator.to(device)
+
+    @torch.no_grad()
+    def _frozen_outputs(self, inputs: torch.Tensor, first_window: bool):
+        ref_state, disc_state = (None, None) if first_window else self._states
+        ref_logits, ref_state, _ = self.reference(inputs, ref_state)
+        log_q0 = torch.log_softmax(ref_logits.float(), dim=-1)
+        s = None
+        if self.discriminator is not None:
+            s, disc_state, _ = self.discriminator(inputs, disc_state)
+            s = s.float()
+        self._states = (ref_state, disc_state)
+        return log_q0, s
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
+        self._to(logits.device)
+        log_q0, s = self._frozen_outputs(ctx.inputs, ctx.first_window)
+        log_q = ctx.log_probs(logits)
+        mask = targets != ctx.ignore_index
+        count = mask.sum().clamp_min(1)
+        term = reverse_kl_terms(log_q, log_q0, s, mask).sum() / count
+        with torch.no_grad():
+            q = log_q.exp()
+            logs = {"kl_q_q0": ((q * (log_q - log_q0)).sum(-1) * mask).sum() / count}
+            if s is not None:
+                logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
+        return LossOutput(term, logs)

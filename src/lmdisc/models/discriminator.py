@@ -1,0 +1,89 @@
+"""Discriminator s_φ(c) ∈ R^|V|: a context encoder and a zero-initialised linear head.
+
+D(c, w) = σ(s(c)_w) tells true next words from words of the frozen LM q_0; its optimum is
+s* = log p − log q_0 (DESIGN.md §4). The head starts at zero, so D = 1/2 and the KL estimate
+starts at 0. Encoders:
+- `LSTMEncoder`: its own embedding + LSTM (size of your choice);
+- `LMBodyEncoder(trainable=True)`: a copy of the LM body, warm-started from the LM;
+- `LMBodyEncoder(trainable=False)`: the frozen LM's features (optionally followed by an MLP in
+  the discriminator), the fewest trainable parameters, so the least room to over-fit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .base import LanguageModelBase, State, run_recurrent
+
+
+class LSTMEncoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.rnn = nn.LSTM(
+            emb_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.drop = nn.Dropout(dropout)
+        self.feature_size = hidden_size
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        hidden, state = run_recurrent(self.rnn, self.drop(self.embedding(tokens)), state)
+        return self.drop(hidden), state
+
+
+class LMBodyEncoder(nn.Module):
+    """The features of a language model's body (its `features()`), trainable copy or frozen."""
+
+    def __init__(self, lm: LanguageModelBase, trainable: bool = True):
+        super().__init__()
+        self.body = copy.deepcopy(lm)
+        self.trainable = trainable
+        self.feature_size = lm.feature_size
+        if not trainable:
+            self.body.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.trainable:
+            self.body.eval()  # frozen features: no dropout, whatever the discriminator's mode
+        return self
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        if self.trainable:
+            hidden, state, _ = self.body.features(tokens, state)
+            return hidden, state
+        with torch.no_grad():
+            hidden, state, _ = self.body.features(tokens, state)
+        return hidden, state
+
+
+class Discriminator(nn.Module):
+    """forward(tokens, state) -> (s[B,T,V], new_state, {}): the same interface as an LM."""
+
+    def __init__(self, encoder: nn.Module, vocab_size: int, mlp_size: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.encoder = encoder
+        self.vocab_size = vocab_size
+        size = encoder.feature_size
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if mlp_size:
+            layers += [nn.Linear(size, mlp_size), nn.Tanh(), nn.Dropout(dropout)]
+            size = mlp_size
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(size, vocab_size)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        features, state = self.encoder(tokens, state)
+        return self.head(self.mlp(features)), state, {}
