@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_torch_save
+from lmdisc.models.discriminator import build_discriminator
 
 MODEL_PREFIX = "model."
 
@@ -47,6 +49,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of a model's weights (names, shapes, dtypes and values), independent of the file."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a discriminator saved by train_disc.py; returns (module, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["lmdisc"]
+    if meta.get("kind") != "discriminator":
+        raise LmdiscError(f"{path} is not a discriminator checkpoint (written by train_disc.py)")
+    disc_cfg = meta["config"]["discriminator"]
+    vocab_size = len(meta["vocab"])
+    lm = None
+    if disc_cfg["encoder"] in ("lm_copy", "lm_frozen"):
+        lm = instantiate(meta["lm"]["model"], vocab_size=vocab_size)
+    disc = build_discriminator(
+        disc_cfg["encoder"],
+        vocab_size,
+        lm,
+        disc_cfg.get("mlp_size", 0),
+        disc_cfg.get("dropout", 0.0),
+        disc_cfg.get("lstm"),
+    )
+    prefix = "discriminator."
+    disc.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return disc, ckpt
+
+
 def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:
     return list(ckpt["lmdisc"]["vocab"])
 
@@ -66,11 +102,20 @@ def check_same_vocab(ckpt_vocab: list[str], data_vocab: list[str], what: str = "
     )
 
 
-def model_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The LM's weights, without the LightningModule prefix; NT-ASGD's averaged ones if present."""
+def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Load the LM's weights, then NT-ASGD's averaged ones where the checkpoint has them.
+
+    The average is keyed by parameter (a tied matrix once), so it is copied into the parameters
+    rather than merged into the state dict, where the tied alias would keep the raw value.
+    """
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    state.update(ckpt.get("averaged_state_dict") or {})
-    return state
+    model.load_state_dict(state)
+    averaged = ckpt.get("averaged_state_dict") or {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in averaged:
+                param.copy_(averaged[name])
+    return model
 
 
 def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
@@ -79,5 +124,4 @@ def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
     if "model" not in config:
         raise LmdiscError("checkpoint has no model config (lmdisc.config.model); cannot rebuild it")
     model = instantiate(config["model"], vocab_size=len(checkpoint_vocab(ckpt)))
-    model.load_state_dict(model_state_dict(ckpt))
-    return model
+    return load_lm_weights(model, ckpt)

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 from helpers import compose_train, quick_overrides
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lmdisc.cli import CONF_DIR
 from lmdisc.cli.train import train
@@ -31,8 +33,23 @@ def test_every_option_composes(tmp_path, group, option):
     if group in ("model",):
         model = instantiate(cfg.model, vocab_size=30)
         assert sum(p.numel() for p in model.parameters()) > 0
-    if group in ("loss", "optim", "logger", "callbacks", "scheduler"):
+    if group == "loss" and option == "rkl_disc":
+        with pytest.raises(InstantiationException, match="init_from"):
+            instantiate(cfg.loss)  # fine-tuning needs a trained LM, and says so
+    elif group in ("loss", "optim", "logger", "callbacks", "scheduler"):
         instantiate(cfg[group])
+
+
+@pytest.mark.parametrize("option", _options("discriminator"))
+def test_every_discriminator_option_composes(tmp_path, option):
+    cfg = compose_train(tmp_path, ["lm_ckpt=x.ckpt", f"discriminator={option}"], config_name="train_disc")
+    assert cfg.discriminator.encoder == option and cfg.discriminator.negatives == "exact"
+
+
+def test_multirun_sweep_directory_resolves(tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=loss_ablation"], return_hydra_config=True)
+    assert "loss_ablation/multiruns" in OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["dir"]
 
 
 def test_eval_config_composes(tmp_path):

@@ -140,3 +140,30 @@ def test_truncated_or_foreign_checkpoints_are_refused(trained_run, tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(LmdiscError, match="not found"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_awd_with_nt_asgd_and_variable_bptt_over_several_epochs(tmp_path, tiny_corpus):
+    """Every epoch validates although variable BPTT changes its window count; once NT-ASGD
+    averages, the checkpoint's averaged weights (tied matrix included) are what evaluation uses."""
+    overrides = [
+        *quick_overrides(tiny_corpus, "awd_lstm"),
+        "model.emb_size=16",
+        "model.hidden_size=24",
+        "optim=asgd",
+        "optim.optimizer.lr=30",
+        "optim.averaging.nonmono=1",
+        "data.variable_bptt=true",
+        "data.eval_batch_size=10",
+        "data.train_eval_tokens=0",
+        "trainer.max_epochs=6",
+    ]
+    train(compose_train(tmp_path, overrides))
+    curve = _val_curve(tmp_path / "run")
+    assert len(curve) == 6
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert "averaged_state_dict" in torch.load(last, weights_only=True), f"NT-ASGD never triggered: {curve}"
+    # evaluating the last checkpoint reproduces the validation perplexity logged with the averaged weights
+    metrics = evaluate(
+        compose_train(tmp_path, [f"ckpt={last}", f"metrics_file={tmp_path / 'm.json'}"], "eval")
+    )
+    assert metrics["val/ppl"] == pytest.approx(curve[-1], rel=1e-4)

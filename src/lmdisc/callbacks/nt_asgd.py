@@ -37,6 +37,15 @@ class NTASGD(Callback):
     def _params(self, pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
         return dict(pl_module.model.named_parameters())
 
+    def _to_device(self, pl_module) -> None:
+        """Checkpoints restore tensors where they were saved (cuda:0 on every DDP rank)."""
+        if self.averaged:
+            params = self._params(pl_module)
+            self.averaged = {n: t.to(params[n].device) for n, t in self.averaged.items()}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._to_device(pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.triggered:
             return
@@ -62,6 +71,7 @@ class NTASGD(Callback):
             self._backup = None
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        self._to_device(pl_module)
         self._swap_in(pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -74,7 +84,9 @@ class NTASGD(Callback):
             and len(self.history) > self.nonmono
             and value > min(self.history[: -self.nonmono])
         ):
-            self.averaged = {n: p.detach().clone() for n, p in self._params(pl_module).items()}
+            # validation runs under inference mode; the average is updated in training, outside it
+            with torch.inference_mode(False):
+                self.averaged = {n: p.detach().clone() for n, p in self._params(pl_module).items()}
             self.n_averaged = 1
             rank_zero_info(f"NT-ASGD: averaging weights from epoch {trainer.current_epoch}")
         self.history.append(value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +23,21 @@ def require_positive(cfg: DictConfig, *keys: str) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (not isinstance(value, (int, float)) or value <= 0):
             raise LmdiscError(f"{key} must be a positive number, got {value!r}")
+
+
+def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
+    """The `callbacks` group, plus the optimiser's averaging callback (NT-ASGD) if any."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not has_logger:  # Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.get("optim") is not None and cfg.optim.get("averaging") is not None:
+        callbacks.append(instantiate(cfg.optim.averaging))
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig) -> list | bool:
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return loggers or False
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> dict:

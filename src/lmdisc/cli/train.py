@@ -10,7 +10,6 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from lmdisc.checkpoint import (
@@ -19,14 +18,21 @@ from lmdisc.checkpoint import (
     check_same_vocab,
     checkpoint_vocab,
     load_checkpoint,
-    model_state_dict,
+    load_lm_weights,
 )
 from lmdisc.evaluation import standard_protocol
 from lmdisc.io import atomic_write_json
 from lmdisc.modules import LanguageModel
 
 from . import CONF_DIR
-from .common import close_loggers, report_results, require_positive, save_resolved_config
+from .common import (
+    close_loggers,
+    instantiate_callbacks,
+    instantiate_loggers,
+    report_results,
+    require_positive,
+    save_resolved_config,
+)
 
 POSITIVE_KEYS = (
     "data.batch_size",
@@ -38,26 +44,12 @@ POSITIVE_KEYS = (
 )
 
 
-def _callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if not has_logger:  # Lightning refuses a learning-rate monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if cfg.optim.get("averaging") is not None:
-        callbacks.append(instantiate(cfg.optim.averaging))
-    return callbacks
-
-
-def _loggers(cfg: DictConfig) -> list | bool:
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return loggers or False
-
-
 def build_module(cfg: DictConfig, vocab: list[str], run_config: dict) -> LanguageModel:
     model = instantiate(cfg.model, vocab_size=len(vocab))
     if cfg.get("init_from"):
         ckpt = load_checkpoint(cfg.init_from)
         check_same_vocab(checkpoint_vocab(ckpt), vocab, what=f"init_from checkpoint {cfg.init_from}")
-        model.load_state_dict(model_state_dict(ckpt))
+        load_lm_weights(model, ckpt)
     scheduler = cfg.scheduler.get("scheduler")
     return LanguageModel(
         model=model,
@@ -81,10 +73,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     vocab = datamodule.vocab.words
+    if cfg.get("ckpt_path"):
+        check_same_vocab(
+            checkpoint_vocab(load_checkpoint(cfg.ckpt_path)), vocab, what=f"checkpoint {cfg.ckpt_path}"
+        )
     module = build_module(cfg, vocab, run_config)
-    loggers = _loggers(cfg)
+    loggers = instantiate_loggers(cfg)
+    # variable BPTT changes the number of windows every epoch: rebuild the loader each epoch so
+    # Lightning's batch count (validation trigger, epoch end) matches it
+    reload = {"reload_dataloaders_every_n_epochs": 1} if datamodule.variable_bptt else {}
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_callbacks(cfg, bool(loggers)), logger=loggers, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=instantiate_callbacks(cfg, bool(loggers)),
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        **reload,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -97,8 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "vocab_size": len(vocab),
     }
     if cfg.get("evaluate", True) and trainer.is_global_zero:
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-        ckpt_file = best if best else getattr(trainer.checkpoint_callback, "last_model_path", "")
+        ckpt_file = _best_checkpoint(trainer)
         if ckpt_file:
             ckpt = load_checkpoint(ckpt_file)
             model = build_model(ckpt)
@@ -110,6 +112,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(metrics, output_dir / "metrics.json")
     close_loggers()
     return metrics
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    """The monitored checkpoint callback's best file, else the most recent one saved."""
+    callbacks = trainer.checkpoint_callbacks
+    for callback in callbacks:
+        if callback.monitor and callback.best_model_path:
+            return callback.best_model_path
+    return next(
+        (c.best_model_path or c.last_model_path for c in callbacks if c.best_model_path or c.last_model_path),
+        "",
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

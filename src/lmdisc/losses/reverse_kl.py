@@ -73,3 +73,46 @@ class ReverseKLLoss:
             if s is not None:
                 logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
         return LossOutput(term, logs)
+
+
+def reverse_kl_from_checkpoints(
+    reference_ckpt: str, discriminator_ckpt: str | None = None, discriminator: str = "ckpt"
+) -> ReverseKLLoss:
+    """Build the term from files: q_0 from the LM being fine-tuned (`init_from`), s from train_disc.py.
+
+    `discriminator=none` is the control arm (s ≡ 0: CE + λ·KL(q_θ‖q_0)). A discriminator trained
+    against another LM (by weight fingerprint) or with another vocabulary is refused.
+    """
+    from lmdisc.checkpoint import (
+        build_model,
+        load_checkpoint,
+        load_discriminator,
+        weights_sha256,
+    )
+    from lmdisc.errors import LmdiscError
+
+    if not reference_ckpt:
+        raise LmdiscError("loss=rkl_disc fine-tunes a trained LM: set init_from=PATH (it also becomes q_0)")
+    if discriminator not in ("ckpt", "none"):
+        raise LmdiscError(f"loss.discriminator must be ckpt or none, got {discriminator!r}")
+    reference = load_checkpoint(reference_ckpt)
+    q0 = build_model(reference)
+    if discriminator == "none":
+        return ReverseKLLoss(q0, None)
+    if not discriminator_ckpt:
+        raise LmdiscError(
+            "loss=rkl_disc needs loss.discriminator_ckpt=PATH (from train_disc.py), or loss.discriminator=none "
+            "for the s = 0 control"
+        )
+    disc, disc_ckpt = load_discriminator(discriminator_ckpt)
+    if disc_ckpt["lmdisc"]["vocab"] != reference["lmdisc"]["vocab"]:
+        raise LmdiscError(f"discriminator {discriminator_ckpt} has another vocabulary than {reference_ckpt}")
+    expected = weights_sha256(q0.state_dict())
+    trained_against = disc_ckpt["lmdisc"]["lm"]
+    if trained_against.get("sha256") != expected:
+        raise LmdiscError(
+            f"discriminator {discriminator_ckpt} was trained against the LM {trained_against.get('path')} "
+            f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {reference_ckpt} "
+            f"({expected[:12]}…); train one with train_disc.py lm_ckpt={reference_ckpt}"
+        )
+    return ReverseKLLoss(q0, disc)

@@ -12,7 +12,7 @@ from lmdisc.data.batching import IGNORE_INDEX
 
 def token_entropy_bits(log_probs: torch.Tensor) -> torch.Tensor:
     """Entropy of each next-token distribution [B, T] in bits, from fp32 log-probs."""
-    return -(log_probs.exp() * log_probs).sum(-1) / math.log(2)
+    return torch.special.entr(log_probs.exp()).sum(-1) / math.log(2)  # entr: 0 where p = 0
 
 
 class PredictiveEntropy(Metric):

@@ -87,3 +87,26 @@ class Discriminator(nn.Module):
     def forward(self, tokens: torch.Tensor, state: State = None):
         features, state = self.encoder(tokens, state)
         return self.head(self.mlp(features)), state, {}
+
+
+ENCODERS = ("lstm", "lm_copy", "lm_frozen")
+
+
+def build_discriminator(
+    encoder: str,
+    vocab_size: int,
+    lm: LanguageModelBase | None = None,
+    mlp_size: int = 0,
+    dropout: float = 0.0,
+    lstm: dict | None = None,
+) -> Discriminator:
+    """The discriminator named by `discriminator.encoder` (see the module docstring)."""
+    if encoder == "lstm":
+        enc = LSTMEncoder(vocab_size, **(lstm or {}))
+    elif encoder in ("lm_copy", "lm_frozen"):
+        if lm is None:
+            raise ValueError(f"encoder {encoder!r} needs the language model")
+        enc = LMBodyEncoder(lm, trainable=encoder == "lm_copy")
+    else:
+        raise ValueError(f"unknown discriminator encoder {encoder!r}; choose one of {ENCODERS}")
+    return Discriminator(enc, vocab_size, mlp_size, dropout)

@@ -1,0 +1,138 @@
+"""`python train_disc.py lm_ckpt=PATH`: train a discriminator against a frozen language model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from lmdisc.callbacks import BoundedCheckpoint
+from lmdisc.checkpoint import (
+    AtomicCheckpointIO,
+    build_model,
+    check_same_vocab,
+    checkpoint_vocab,
+    load_checkpoint,
+    weights_sha256,
+)
+from lmdisc.errors import LmdiscError
+from lmdisc.io import atomic_write_json
+from lmdisc.models.discriminator import build_discriminator
+from lmdisc.modules.disc import ZERO_HEAD_BCE, DiscriminatorModule
+
+from . import CONF_DIR
+from .common import (
+    close_loggers,
+    instantiate_callbacks,
+    instantiate_loggers,
+    require_positive,
+    save_resolved_config,
+)
+
+
+def _datamodule(cfg: DictConfig, lm_ckpt: dict):
+    data_cfg = cfg.get("data") or lm_ckpt["lmdisc"].get("config", {}).get("data")
+    if not data_cfg:
+        raise LmdiscError(
+            "the LM checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)"
+        )
+    data_cfg = OmegaConf.merge(
+        OmegaConf.create(OmegaConf.to_container(OmegaConf.create(data_cfg), resolve=True)),
+        cfg.get("data_overrides") or {},
+    )
+    disc = cfg.discriminator
+    return instantiate(
+        data_cfg, train_split=disc.train_split, heldout_fraction=disc.heldout_fraction, train_eval_tokens=0
+    )
+
+
+def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
+    if not cfg.get("lm_ckpt"):
+        raise LmdiscError("train_disc.py needs the language model: python train_disc.py lm_ckpt=PATH")
+    require_positive(cfg, "optim.optimizer.lr", "trainer.max_epochs", "discriminator.k")
+    lm_ckpt = load_checkpoint(cfg.lm_ckpt)
+    if lm_ckpt["lmdisc"].get("kind") == "discriminator":
+        raise LmdiscError(f"{cfg.lm_ckpt} is a discriminator checkpoint; lm_ckpt must be a language model")
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = _datamodule(cfg, lm_ckpt)
+    vocab = datamodule.vocab.words
+    check_same_vocab(checkpoint_vocab(lm_ckpt), vocab, what=f"LM checkpoint {cfg.lm_ckpt}")
+    lm = build_model(lm_ckpt)
+    lm_info = {
+        "path": str(Path(cfg.lm_ckpt).resolve()),
+        "sha256": weights_sha256(lm.state_dict()),
+        "model": lm_ckpt["lmdisc"]["config"]["model"],
+    }
+    disc_cfg = cfg.discriminator
+    discriminator = build_discriminator(
+        disc_cfg.encoder,
+        len(vocab),
+        lm,
+        disc_cfg.mlp_size,
+        disc_cfg.dropout,
+        OmegaConf.to_container(disc_cfg.lstm, resolve=True) if disc_cfg.get("lstm") else None,
+    )
+    run_config = save_resolved_config(cfg, output_dir)
+    module = DiscriminatorModule(
+        lm,
+        discriminator,
+        instantiate(cfg.optim.optimizer),
+        disc_cfg.negatives,
+        disc_cfg.k,
+        vocab,
+        lm_info,
+        run_config,
+    )
+    if disc_cfg.train_split == "heldout":
+        rank_zero_info(
+            f"discriminator.train_split=heldout: training on the first {disc_cfg.heldout_fraction:.0%} of the "
+            f"validation text; val/disc_* are measured on the remaining {1 - disc_cfg.heldout_fraction:.0%} only"
+        )
+    checkpoint = BoundedCheckpoint(
+        bound=ZERO_HEAD_BCE,
+        dirpath=str(output_dir / "checkpoints"),
+        filename="best",
+        monitor="val/disc_bce",
+        mode="min",
+        save_last=False,
+        auto_insert_metric_name=False,
+    )
+    loggers = instantiate_loggers(cfg)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=[checkpoint, *instantiate_callbacks(cfg, bool(loggers))],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics.update(
+        {"lm": lm_info["path"], "lm_sha256": lm_info["sha256"], "train_split": disc_cfg.train_split}
+    )
+    if not trainer.fast_dev_run:
+        if not checkpoint.best_model_path:
+            raise LmdiscError(
+                f"the discriminator never beat the zero head (val/disc_bce >= 2 ln 2 = {ZERO_HEAD_BCE:.4f}); nothing "
+                "was saved. Try discriminator=lm_frozen, more dropout or weight decay, or discriminator.train_split=heldout"
+            )
+        metrics.update(
+            {
+                "checkpoint": checkpoint.best_model_path,
+                "best_val_disc_bce": float(checkpoint.best_model_score),
+            }
+        )
+    if trainer.is_global_zero:
+        atomic_write_json(metrics, output_dir / "metrics.json")
+    close_loggers()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
+def main(cfg: DictConfig) -> float | None:
+    return train_discriminator(cfg).get("best_val_disc_bce")

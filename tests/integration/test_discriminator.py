@@ -1,0 +1,142 @@
+"""train_disc.py and loss=rkl_disc end to end on a tiny slice of PTB."""
+
+import pytest
+import torch
+from helpers import compose_train, quick_overrides
+
+from lmdisc.cli.train import train
+from lmdisc.cli.train_disc import train_discriminator
+from lmdisc.errors import LmdiscError
+
+pytestmark = pytest.mark.slow
+
+
+def _disc_overrides(lm_ckpt, encoder="lm_frozen"):
+    return [
+        f"lm_ckpt={lm_ckpt}",
+        f"discriminator={encoder}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_disc(trained_run, tmp_path_factory):
+    run_dir, _ = trained_run
+    tmp = tmp_path_factory.mktemp("disc")
+    cfg = compose_train(
+        tmp,
+        [
+            *_disc_overrides(run_dir / "checkpoints" / "best.ckpt"),
+            "trainer.max_epochs=2",
+            "optim.optimizer.lr=0.003",
+        ],
+        "train_disc",
+    )
+    return train_discriminator(cfg)
+
+
+def test_discriminator_beats_the_zero_head_and_records_its_lm(trained_disc, trained_run):
+    metrics = trained_disc
+    assert metrics["best_val_disc_bce"] < 2 * torch.log(torch.tensor(2.0)).item()
+    ckpt = torch.load(metrics["checkpoint"], weights_only=True)
+    assert ckpt["lmdisc"]["kind"] == "discriminator"
+    assert ckpt["lmdisc"]["lm"]["sha256"] == metrics["lm_sha256"]
+    assert not any(k.startswith("lm.") for k in ckpt["state_dict"])  # the frozen LM is not saved
+    for key in ("val/disc_acc", "val/disc_auc", "val/kl_q0_p"):
+        assert key in metrics
+
+
+@pytest.mark.parametrize("encoder", ["lm_copy", "lstm"])
+@pytest.mark.parametrize("negatives", ["exact", "sampled"])
+def test_train_disc_fast_dev_run(trained_run, tmp_path, encoder, negatives):
+    run_dir, _ = trained_run
+    overrides = [
+        *_disc_overrides(run_dir / "checkpoints" / "best.ckpt", encoder),
+        f"discriminator.negatives={negatives}",
+        "trainer.fast_dev_run=true",
+        "discriminator.train_split=heldout",
+    ]
+    if encoder == "lstm":
+        overrides += ["discriminator.lstm.emb_size=16", "discriminator.lstm.hidden_size=16"]
+    metrics = train_discriminator(compose_train(tmp_path, overrides, "train_disc"))
+    assert metrics["train_split"] == "heldout"
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("arm", ["ckpt", "none"])
+def test_rkl_disc_fine_tuning_runs(trained_run, trained_disc, tiny_corpus, tmp_path, precision, arm):
+    run_dir, _ = trained_run
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        f"loss.discriminator={arm}",
+        f"trainer.precision={precision}",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert metrics["global_step"] == 1
+
+
+def test_rkl_disc_short_run_logs_both_terms_and_saves_no_frozen_modules(
+    trained_run, trained_disc, tiny_corpus, tmp_path
+):
+    run_dir, _ = trained_run
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        "trainer.max_epochs=1",
+        "optim.optimizer.lr=0.5",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    header = (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/ce", "train/rkl", "train/rkl/kl_q_q0", "train/rkl/mean_s_under_q"} <= set(header)
+    ckpt = torch.load(metrics["checkpoint"], weights_only=True)
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+
+
+def test_discriminator_of_another_lm_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
+    run_dir, _ = trained_run
+    other = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    key = next(k for k in other["state_dict"] if k.endswith("decoder.bias"))
+    other["state_dict"][key] = other["state_dict"][key] + 0.01
+    torch.save(other, tmp_path / "other_lm.ckpt")
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={tmp_path / 'other_lm.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        "trainer.fast_dev_run=true",
+    ]
+    with pytest.raises(Exception, match="was trained against the LM"):
+        train(compose_train(tmp_path, overrides))
+
+
+def test_discriminator_with_another_vocabulary_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
+    disc = torch.load(trained_disc["checkpoint"], weights_only=True)
+    vocab = disc["lmdisc"]["vocab"]
+    vocab[0], vocab[1] = vocab[1], vocab[0]
+    torch.save(disc, tmp_path / "swapped.ckpt")
+    run_dir, _ = trained_run
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={tmp_path / 'swapped.ckpt'}",
+        "trainer.fast_dev_run=true",
+    ]
+    with pytest.raises(Exception, match="another vocabulary"):
+        train(compose_train(tmp_path, overrides))
+
+
+def test_train_disc_refuses_a_discriminator_as_lm(trained_disc, tmp_path):
+    cfg = compose_train(tmp_path, _disc_overrides(trained_disc["checkpoint"]), "train_disc")
+    with pytest.raises(LmdiscError, match="is a discriminator checkpoint"):
+        train_discriminator(cfg)
