@@ -7,7 +7,6 @@ from helpers import compose_train, quick_overrides
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from lmdisc.cli import CONF_DIR
 from lmdisc.cli.train import train
@@ -49,7 +48,7 @@ def test_every_discriminator_option_composes(tmp_path, option):
 def test_multirun_sweep_directory_resolves(tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=loss_ablation"], return_hydra_config=True)
-    assert "loss_ablation/multiruns" in OmegaConf.to_container(cfg.hydra.sweep, resolve=True)["dir"]
+    assert "loss_ablation/multiruns" in cfg.hydra.sweep.dir
 
 
 def test_eval_config_composes(tmp_path):
