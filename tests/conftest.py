@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import compose_train, corpus_dir, quick_overrides, write_slice
 
+from helpers import compose_train, corpus_dir, quick_overrides, write_slice
 from lmdisc.cli.train import train
 
 

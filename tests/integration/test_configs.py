@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
-from helpers import compose_train, quick_overrides
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 
+from helpers import compose_train, quick_overrides
 from lmdisc.cli import CONF_DIR
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import compose_train, quick_overrides
 
+from helpers import compose_train, quick_overrides
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 from lmdisc.errors import LmdiscError

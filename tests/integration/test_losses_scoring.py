@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from helpers import compose_train, quick_overrides
 
+from helpers import compose_train, quick_overrides
 from lmdisc.cli.eval import evaluate
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_train, quick_overrides, write_slice
 
+from helpers import REPO, compose_train, quick_overrides, write_slice
 from lmdisc.checkpoint import load_checkpoint
 from lmdisc.cli.eval import evaluate
 from lmdisc.cli.train import train
