@@ -34,3 +34,15 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 def atomic_write_json(obj: object, path: Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def atomic_savefig(fig, path: Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG via a temporary file, then close it."""
+    path = Path(path)
+    try:
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path

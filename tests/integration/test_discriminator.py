@@ -104,19 +104,23 @@ def test_rkl_disc_short_run_logs_both_terms_and_saves_no_frozen_modules(
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
 
 
+def _fine_tune(tiny_corpus, lm_ckpt, disc_ckpt) -> list[str]:
+    return [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={lm_ckpt}",
+        f"loss.discriminator_ckpt={disc_ckpt}",
+        "trainer.fast_dev_run=true",
+    ]
+
+
 def test_discriminator_of_another_lm_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
     run_dir, _ = trained_run
     other = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     key = next(k for k in other["state_dict"] if k.endswith("decoder.bias"))
     other["state_dict"][key] = other["state_dict"][key] + 0.01
     torch.save(other, tmp_path / "other_lm.ckpt")
-    overrides = [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={tmp_path / 'other_lm.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
-        "trainer.fast_dev_run=true",
-    ]
+    overrides = _fine_tune(tiny_corpus, tmp_path / "other_lm.ckpt", trained_disc["checkpoint"])
     with pytest.raises(Exception, match="was trained against the LM"):
         train(compose_train(tmp_path, overrides))
 
@@ -127,13 +131,7 @@ def test_discriminator_with_another_vocabulary_is_refused(trained_run, trained_d
     vocab[0], vocab[1] = vocab[1], vocab[0]
     torch.save(disc, tmp_path / "swapped.ckpt")
     run_dir, _ = trained_run
-    overrides = [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={tmp_path / 'swapped.ckpt'}",
-        "trainer.fast_dev_run=true",
-    ]
+    overrides = _fine_tune(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", tmp_path / "swapped.ckpt")
     with pytest.raises(Exception, match="another vocabulary"):
         train(compose_train(tmp_path, overrides))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from lmdisc.io import atomic_write_text
+from lmdisc.io import atomic_savefig, atomic_write_text
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -120,12 +120,7 @@ def plot_curves(groups: dict[str, list[dict]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_savefig(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.io import atomic_savefig
 
 
 def log_spaced_edges(max_count: int, base: int = 10) -> list[int]:
@@ -84,10 +85,4 @@ def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_savefig(fig, path)
