@@ -32,9 +32,7 @@ class StreamBatches:
         return self.inputs.shape[1]
 
 
-def layout_stream(
-    stream: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1
-) -> StreamBatches:
+def layout_stream(stream: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> StreamBatches:
     """This rank's contiguous shard of the stream, cut into `batch_size` columns."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -45,9 +43,7 @@ def layout_stream(
     columns = batch_size
     per_column = math.ceil(per_rank / columns)
     if per_column == 0:
-        raise ValueError(
-            f"a stream of {stream.numel()} tokens is too short for {world_size} ranks"
-        )
+        raise ValueError(f"a stream of {stream.numel()} tokens is too short for {world_size} ranks")
     start = min(rank * per_rank, pairs)
     stop = min(start + per_rank, pairs)
     inputs = torch.zeros(columns * per_column, dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ def load_corpus(
                 cached = torch.load(cache_file, weights_only=True)
                 if cached.get("checksums") == checksums:
                     return Corpus(Vocabulary(cached["vocab"]), cached["splits"], checksums)
-            except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never trusted
+            except Exception:  # a broken cache is rebuilt, never trusted
                 pass
     lines = {split: read_lines(path) for split, path in paths.items()}
     vocab = vocab or Vocabulary.from_lines(lines["train"])
@@ -126,9 +127,6 @@ def load_corpus(
     corpus = Corpus(vocab, splits, checksums)
     if cache_file is not None:
         payload = {"vocab": vocab.words, "splits": splits, "checksums": checksums}
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache directory only costs us the cache
             atomic_torch_save(payload, cache_file)
-        except OSError:
-            pass  # a read-only data directory only costs us the cache
     return corpus
-

