@@ -6,8 +6,8 @@
 
 Prints tokens/s of the plain loop (with the first loss) and of our module with each loss, the
 ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
-allocated). Every configuration runs `--repeats` times, interleaved, and its best run is
-reported, so a background hiccup does not decide a ratio.
+allocated). Every configuration runs `--repeats` times, interleaved, and its median run is
+reported (all runs are printed), so one background hiccup does not decide a ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import threading
 import time
 
@@ -177,7 +178,7 @@ def main() -> None:
             peaks[name] = max(peaks.get(name, 0.0), memory.peak_mb)
             del module
 
-    best = {name: max(runs) for name, runs in results.items()}
+    best = {name: statistics.median(runs) for name, runs in results.items()}
     unit = "CUDA max allocated" if device.type == "cuda" else "growth of resident memory"
     for name in names:
         runs = ", ".join(f"{r:,.0f}" for r in results[name])
