@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lmdisc.errors import LmdiscError
 
-from .corpus import SPLITS, sha256_file, split_paths
+from .corpus import SPLITS, split_paths
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,3 @@ def ensure_corpus(directory: Path, source: CorpusSource, timeout: float = 60.0) 
                 f"corpus '{source.name}' is missing from {directory} and downloading {url} "
                 f"failed ({err}). {where}"
             ) from None
-
-
-def verify_checksums(directory: Path, source: CorpusSource) -> dict[str, bool]:
-    """Which split files match the official sums (a mismatch is allowed but worth a warning)."""
-    paths = split_paths(directory)
-    return {s: sha256_file(paths[s]) == source.sha256[s] for s in SPLITS if s in source.sha256}

@@ -22,7 +22,6 @@ class CompositeLoss:
         for key, value in hyperparameters.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise LmdiscError(f"loss.{key} must be >= 0, got {value!r}")
-        self.hyperparameters = dict(hyperparameters)
         if not terms:
             raise LmdiscError("loss.terms is empty: give at least one term, e.g. loss=ce")
         self.terms: dict[str, tuple[float, Loss]] = {}

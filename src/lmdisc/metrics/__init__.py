@@ -1,6 +1,6 @@
 """Metrics shared by training and evaluation."""
 
-from .perplexity import TokenNLL, perplexity
+from .perplexity import TokenNLL
 from .split import SplitMetrics
 from .uncertainty import CalibrationError, PredictiveEntropy, token_entropy_bits
 
@@ -9,6 +9,5 @@ __all__ = [
     "PredictiveEntropy",
     "SplitMetrics",
     "TokenNLL",
-    "perplexity",
     "token_entropy_bits",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torchmetrics import Metric
 
@@ -30,7 +28,3 @@ class TokenNLL(Metric):
     def compute(self) -> torch.Tensor:
         """Mean NLL per token in nats (perplexity is its exp)."""
         return self.nll_sum / self.tokens.clamp_min(1)
-
-
-def perplexity(mean_nll: float | torch.Tensor) -> float:
-    return math.exp(float(mean_nll))
