@@ -100,6 +100,7 @@ def test_rkl_disc_short_run_logs_both_terms_and_saves_no_frozen_modules(
     metrics = train(compose_train(tmp_path, overrides))
     header = (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/ce", "train/rkl", "train/rkl/kl_q_q0", "train/rkl/mean_s_under_q"} <= set(header)
+    assert any(column.startswith("train/rkl/mass_moved/1-") for column in header)
     ckpt = torch.load(metrics["checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
 

@@ -34,6 +34,12 @@ class CompositeLoss:
                 raise LmdiscError(f"loss term {name!r} has weight {term['weight']} < 0")
             self.terms[name] = (float(term["weight"]), term["loss"])
 
+    def bind_corpus(self, corpus) -> None:
+        """Hand the training corpus to the terms that use it (e.g. rkl's frequency buckets)."""
+        for _, loss_fn in self.terms.values():
+            if hasattr(loss_fn, "bind_corpus"):
+                loss_fn.bind_corpus(corpus)
+
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
         total = None
         logs: dict[str, torch.Tensor] = {}

@@ -41,6 +41,19 @@ class ReverseKLLoss:
         self.reference = reference.eval().requires_grad_(False)
         self.discriminator = discriminator.eval().requires_grad_(False) if discriminator is not None else None
         self._states: tuple[State, State] = (None, None)
+        self._bucket_onehot: torch.Tensor | None = None
+        self._bucket_names: list[str] = []
+
+    def bind_corpus(self, corpus) -> None:
+        """Group the vocabulary by training-set frequency, so each step logs the probability mass
+        fine-tuning has moved into (or out of) each bucket: mean_c Σ_{v in bucket} (q_θ − q_0)."""
+        from lmdisc.analysis.frequency import FrequencyBuckets
+
+        buckets = FrequencyBuckets(corpus["train"], len(corpus.vocab))
+        self._bucket_names = [row["bucket"] for row in buckets.rows()]
+        self._bucket_onehot = torch.nn.functional.one_hot(
+            buckets.bucket_of_word, len(self._bucket_names)
+        ).float()
 
     def _to(self, device: torch.device) -> None:
         if next(self.reference.parameters()).device != device:
@@ -72,7 +85,14 @@ class ReverseKLLoss:
             logs = {"kl_q_q0": ((q * (log_q - log_q0)).sum(-1) * mask).sum() / count}
             if s is not None:
                 logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
+            if self._bucket_onehot is not None:
+                logs.update(self._mass_moved(q - log_q0.exp(), mask, count))
         return LossOutput(term, logs)
+
+    def _mass_moved(self, delta: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> dict:
+        onehot = self._bucket_onehot.to(delta.device)
+        per_bucket = ((delta @ onehot) * mask.unsqueeze(-1)).sum((0, 1)) / count
+        return {f"mass_moved/{name}": value for name, value in zip(self._bucket_names, per_bucket)}
 
 
 def reverse_kl_from_checkpoints(

@@ -58,6 +58,11 @@ class LanguageModel(L.LightningModule):
         return self.model(tokens, state)
 
     # ---- training -------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(self.loss_fn, "bind_corpus"):
+            self.loss_fn.bind_corpus(datamodule.load())
+
     def on_train_epoch_start(self) -> None:
         self._state["train"] = None
 
