@@ -8,7 +8,7 @@ LMDISC_DATA_DIR ?= $(if $(wildcard ../shared/data/ptb/train.txt),$(abspath ../sh
 export LMDISC_DATA_DIR
 ARGS ?=
 
-.PHONY: install train test lint format bench clean
+.PHONY: install train reproduce test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 # Zaremba et al. 2014 small LSTM on PTB, on whatever accelerator is present
 train: install
 	$(PY) train.py experiment=zaremba_small $(ARGS)
+
+# the rkl_disc pipeline on PTB: base LM -> discriminator -> ce / rkl_disc / control fine-tuning -> results.md
+reproduce: install
+	$(PY) reproduce.py experiment=reproduce_ptb_small $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(ARGS)

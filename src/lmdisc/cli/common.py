@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +30,8 @@ def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not has_logger:  # Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if OmegaConf.select(cfg, "trainer.enable_progress_bar") is False:  # else Lightning refuses the bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("optim") is not None and cfg.optim.get("averaging") is not None:
         callbacks.append(instantiate(cfg.optim.averaging))
     return callbacks

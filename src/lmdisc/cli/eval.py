@@ -73,3 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

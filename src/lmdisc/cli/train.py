@@ -20,6 +20,7 @@ from lmdisc.checkpoint import (
     load_checkpoint,
     load_lm_weights,
 )
+from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import standard_protocol
 from lmdisc.io import atomic_write_json
 from lmdisc.modules import LanguageModel
@@ -67,6 +68,10 @@ def build_module(cfg: DictConfig, vocab: list[str], run_config: dict) -> Languag
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint by the standard protocol; returns metrics.json's content."""
+    if cfg.get("pipeline") is not None:
+        raise LmdiscError(
+            "this experiment is a pipeline, not a single run: python reproduce.py experiment=<the same name>"
+        )
     require_positive(cfg, *POSITIVE_KEYS)
     output_dir = Path(cfg.paths.output_dir)
     run_config = save_resolved_config(cfg, output_dir)
@@ -131,3 +136,7 @@ def main(cfg: DictConfig) -> float | None:
     torch.set_float32_matmul_precision("high")
     metrics = train(cfg)
     return metrics.get("val/ppl")
+
+
+if __name__ == "__main__":
+    main()

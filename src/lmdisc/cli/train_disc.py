@@ -136,3 +136,7 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
 def main(cfg: DictConfig) -> float | None:
     return train_discriminator(cfg).get("best_val_disc_bce")
+
+
+if __name__ == "__main__":
+    main()

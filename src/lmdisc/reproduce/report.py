@@ -1,0 +1,259 @@
+"""results.md and plots of a reproduce pipeline: every arm at its best learning rate by validation.
+
+Means and standard deviations are over seeds (sample std, n-1). The per-bucket numbers are on the
+test split; "change" is relative to the base model the arms were fine-tuned from.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from lmdisc.io import atomic_savefig, atomic_write_json, atomic_write_text
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pm(values: list[float], digits: int = 2) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _csv_rows(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / "csv" / "version_0" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def val_curve(run_dir: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r["val/ppl"])) for r in _csv_rows(run_dir) if r.get("val/ppl")]
+
+
+def mass_moved(run_dir: str) -> dict[str, float]:
+    """Training average of each logged train/rkl/mass_moved/<bucket> (empty for arms without rkl)."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    for row in _csv_rows(run_dir):
+        for key, value in row.items():
+            if key.startswith("train/rkl/mass_moved/") and value:
+                sums[key.rsplit("/", 1)[1]].append(float(value))
+    return {bucket: statistics.fmean(v) for bucket, v in sums.items()}
+
+
+def best_by_validation(runs: list[dict]) -> dict[str, dict]:
+    """Per arm: the learning rate with the lowest mean validation PPL over seeds, and its runs."""
+    grouped: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        grouped[run["arm"]][run["lr"]].append(run)
+    best = {}
+    for arm, by_lr in grouped.items():
+        lr = min(by_lr, key=lambda x: statistics.fmean(r["val/ppl"] for r in by_lr[x]))
+        best[arm] = {"lr": lr, "runs": by_lr[lr], "grid": dict(by_lr)}
+    return best
+
+
+def _bucket_table(base: dict, best: dict[str, dict]) -> list[str]:
+    arms = list(best)
+    lines = [
+        "| train count | test share | base | " + " | ".join(arms) + " |",
+        "|---|---|---|" + "---|" * len(arms),
+    ]
+    for i, row in enumerate(base["buckets"]["test"]):
+        if not row["tokens"]:
+            continue
+        cells = [_pm([r["buckets"]["test"][i]["ppl"] for r in best[arm]["runs"]], 1) for arm in arms]
+        lines.append(
+            f"| {row['bucket']} | {row['share']:.3f} | {row['ppl']:.1f} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def plot_bucket_change(base: dict, best: dict[str, dict], path: Path):
+    """Mean test log-prob change vs the base per frequency bucket, one line per arm (± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(i, r) for i, r in enumerate(base["buckets"]["test"]) if r["tokens"]]
+    names = [r["bucket"] for _, r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, info in best.items():
+        changes = [
+            [run["buckets"]["test"][i]["mean_logprob"] - r["mean_logprob"] for run in info["runs"]]
+            for i, r in rows
+        ]
+        stats = [_mean_std(c) for c in changes]
+        ax.errorbar(
+            names,
+            [m for m, _ in stats],
+            yerr=[s for _, s in stats],
+            marker="o",
+            capsize=3,
+            label=f"{arm} (lr {info['lr']:g})",
+        )
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("training-set count of the target word")
+    ax.set_ylabel("mean log-prob change vs base (nats)")
+    ax.set_title("Where fine-tuning moved probability (test split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return atomic_savefig(fig, path)
+
+
+def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
+    """Validation PPL during fine-tuning, per arm at its best lr (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, info in best.items():
+        curves = [val_curve(run["dir"]) for run in info["runs"]]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        steps = [0] + [step for step, _ in curves[0][:length]]
+        means = [base["val/ppl"]] + [statistics.fmean(c[j][1] for c in curves) for j in range(length)]
+        ax.plot(steps, means, marker="o", label=f"{arm} (lr {info['lr']:g})")
+    ax.axhline(base["val/ppl"], color="black", ls="--", lw=0.8, label="base (step 0)")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("validation perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return atomic_savefig(fig, path)
+
+
+def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path:
+    """Write results.md, results.json and the two plots into `out_dir`; returns results.md."""
+    out_dir = Path(out_dir)
+    base, disc, runs = results["base"], results["discriminator"], results["runs"]
+    best = best_by_validation(runs)
+    lrs = sorted({r["lr"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [f"# {title}", "", f"Produced by `{command}`. Means ± sample std over seeds {seeds}.", ""]
+    lines += _base_section(results, base)
+    lines += [
+        "## Discriminator",
+        "",
+        f"Trained on the `{disc.get('train_split')}` split against the base. Zero head: BCE 2 ln 2 = 1.3863, AUC 0.5.",
+        "",
+        "| val BCE | val acc | val AUC | estimated KL(q0‖p) (nats) |",
+        "|---|---|---|---|",
+        f"| {disc['val/disc_bce']:.4f} | {disc['val/disc_acc']:.4f} | {disc['val/disc_auc']:.4f} | "
+        f"{disc['val/kl_q0_p']:.4f} |",
+        "",
+        "## Learning-rate grid: validation PPL",
+        "",
+        "| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+        "|---|" + "---|" * len(lrs),
+    ]
+    for arm, info in best.items():
+        cells = []
+        for lr in lrs:
+            group = info["grid"].get(lr)
+            cell = _pm([r["val/ppl"] for r in group]) if group else "–"
+            cells.append(f"**{cell}**" if lr == info["lr"] else cell)
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Each arm at its best learning rate (by validation)",
+        "",
+        "| arm | lr | val PPL | test PPL | test Δ vs base | train tokens/s |",
+        "|---|---|---|---|---|---|",
+        f"| base | – | {base['val/ppl']:.2f} | {base['test/ppl']:.2f} | – | – |",
+    ]
+    for arm, info in best.items():
+        tests = [r["test/ppl"] for r in info["runs"]]
+        delta = [t - base["test/ppl"] for t in tests]
+        lines.append(
+            f"| {arm} | {info['lr']:g} | {_pm([r['val/ppl'] for r in info['runs']])} | {_pm(tests)} | "
+            f"{_pm(delta)} | {_pm([r['train_tokens_per_s'] for r in info['runs']], 0)} |"
+        )
+    lines += ["", "(tokens/s: measured while `jobs` runs shared the machine.)"]
+    lines += _contribution(best)
+    lines += ["", "## Test PPL per frequency bucket (best lr)", "", *_bucket_table(base, best)]
+    lines += _mass_section(best)
+    change = plot_bucket_change(base, best, out_dir / "bucket_logprob_change.png")
+    curves = plot_val_curves(base, best, out_dir / "val_curves.png")
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![bucket change]({change.name})",
+        "",
+        f"![validation curves]({curves.name})",
+        "",
+    ]
+    atomic_write_json(
+        {
+            **results,
+            "best": {arm: {"lr": i["lr"], "dirs": [r["dir"] for r in i["runs"]]} for arm, i in best.items()},
+        },
+        out_dir / "results.json",
+    )
+    path = out_dir / "results.md"
+    atomic_write_text("\n".join(lines), path)
+    return path
+
+
+def _base_section(results: dict, base: dict) -> list[str]:
+    lines = [
+        "## Base model",
+        "",
+        f"`{results['base_checkpoint']}`: val {base['val/ppl']:.2f}, test {base['test/ppl']:.2f}.",
+    ]
+    curve = val_curve(results["base_dir"]) if results.get("base_dir") else []
+    if len(curve) >= 2:
+        last, before = curve[-1][1], curve[-2][1]
+        lines.append(
+            f"Base training: validation PPL of the last epochs {', '.join(f'{v:.2f}' for _, v in curve[-4:])}; "
+            f"the last epoch changed it by {100 * (last - before) / before:+.2f}% (a converged base changes little)."
+        )
+    return [*lines, ""]
+
+
+def _contribution(best: dict[str, dict]) -> list[str]:
+    if not {"rkl_disc", "control"} <= best.keys():
+        return []
+    diff = [
+        a["test/ppl"] - b["test/ppl"]
+        for a, b in zip(
+            sorted(best["rkl_disc"]["runs"], key=lambda r: r["seed"]),
+            sorted(best["control"]["runs"], key=lambda r: r["seed"]),
+        )
+    ]
+    verdict = "lower" if statistics.fmean(diff) < 0 else "not lower"
+    return [
+        "",
+        f"rkl_disc − control, test PPL, paired by seed: {_pm(diff)} (rkl_disc is {verdict}); "
+        "this gap is the discriminator's own contribution.",
+    ]
+
+
+def _mass_section(best: dict[str, dict]) -> list[str]:
+    moved = {arm: [mass_moved(r["dir"]) for r in info["runs"]] for arm, info in best.items()}
+    moved = {arm: runs for arm, runs in moved.items() if all(runs)}
+    if not moved:
+        return []
+    buckets = list(next(iter(moved.values()))[0])
+    lines = [
+        "",
+        "## Probability mass moved per bucket during fine-tuning (Σ over the bucket of q_θ − q_0, training average)",
+        "",
+        "| arm | " + " | ".join(buckets) + " |",
+        "|---|" + "---|" * len(buckets),
+    ]
+    for arm, runs in moved.items():
+        cells = [_pm([run[b] for run in runs], 5) if all(b in run for run in runs) else "–" for b in buckets]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines

@@ -1,0 +1,159 @@
+"""The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
+directory and process. A stage whose metrics.json exists is done and skipped, so re-running the
+same command resumes an interrupted pipeline; fine-tuning runs may run `jobs` at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmdisc.errors import LmdiscError
+
+ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
+
+
+@dataclass
+class Stage:
+    name: str
+    entry: str
+    overrides: list[str]
+    out_dir: Path
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out_dir / "metrics.json"
+
+    @property
+    def done(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_file.read_text())
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            ENTRY_POINTS[self.entry],
+            *self.overrides,
+            f"hydra.run.dir={self.out_dir}",
+        ]
+
+
+def run_stage(stage: Stage, log=print) -> dict:
+    """Run one stage (or skip it if done); its output goes to out_dir/stage.log."""
+    if stage.done:
+        log(f"[skip] {stage.name}: {stage.metrics_file} exists")
+        return stage.metrics()
+    stage.out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[run ] {stage.name}: {' '.join(stage.command()[2:])}")
+    start = time.perf_counter()
+    with open(stage.out_dir / "stage.log", "w", encoding="utf-8") as out:
+        code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT)
+    if code != 0 or not stage.done:
+        tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise LmdiscError(
+            f"stage {stage.name} failed (exit {code}); end of {stage.out_dir / 'stage.log'}:\n{tail}"
+        )
+    log(f"[done] {stage.name} in {time.perf_counter() - start:.0f} s")
+    return stage.metrics()
+
+
+def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
+    """Run independent stages, `jobs` at a time; the first failure is raised after all finish."""
+    if jobs <= 1:
+        return [run_stage(s, log) for s in stages]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_stage, s, log) for s in stages]
+        return [f.result() for f in futures]
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class Pipeline:
+    """base LM (trained, or given) -> its evaluation -> discriminator -> arms x lrs x seeds."""
+
+    def __init__(self, cfg: Mapping, out_dir: Path, shared: Iterable[str] = ()):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.shared = list(shared)  # e.g. paths.data_dir / paths.root_dir, passed to every stage
+
+    def _overrides(self, *groups: Iterable[str]) -> list[str]:
+        return [*self.shared, *(o for g in groups for o in g)]
+
+    def base_stage(self) -> Stage | None:
+        base = self.cfg["base"]
+        if base.get("ckpt"):
+            return None
+        overrides = self._overrides(self.cfg["common"], base["overrides"], self.cfg["device"])
+        return Stage("base", "train", overrides, self.out_dir / "base")
+
+    def base_checkpoint(self) -> str:
+        given = self.cfg["base"].get("ckpt")
+        if given:
+            if not Path(given).is_file():
+                raise LmdiscError(f"pipeline.base.ckpt={given} does not exist")
+            return str(Path(given).resolve())
+        return self.base_stage().metrics()["checkpoint"]
+
+    def base_eval_stage(self, base_ckpt: str) -> Stage:
+        overrides = [
+            *self.shared,
+            f"ckpt={base_ckpt}",
+            f"metrics_file={self.out_dir / 'base_eval' / 'metrics.json'}",
+        ]
+        return Stage("base_eval", "eval", overrides, self.out_dir / "base_eval")
+
+    def disc_stage(self, base_ckpt: str) -> Stage:
+        overrides = self._overrides(
+            [f"lm_ckpt={base_ckpt}"], self.cfg["discriminator"]["overrides"], self.cfg["device"]
+        )
+        return Stage("discriminator", "train_disc", overrides, self.out_dir / "discriminator")
+
+    def finetune_stages(self, base_ckpt: str, disc_ckpt: str) -> list[Stage]:
+        """Every arm x lr x seed; an arm's overrides may name {disc_ckpt} and {base_ckpt}."""
+        ft = self.cfg["finetune"]
+        stages = []
+        for arm, arm_overrides in ft["arms"].items():
+            for lr in ft["lrs"]:
+                for seed in ft["seeds"]:
+                    name = f"{arm}_lr{_fmt(lr)}_seed{seed}"
+                    overrides = self._overrides(
+                        self.cfg["common"],
+                        ft["overrides"],
+                        [f"init_from={base_ckpt}"],
+                        (o.format(disc_ckpt=disc_ckpt, base_ckpt=base_ckpt) for o in arm_overrides),
+                        [f"optim.optimizer.lr={lr}", f"seed={seed}"],
+                        self.cfg["device"],
+                    )
+                    meta = {"arm": arm, "lr": lr, "seed": seed}
+                    stages.append(Stage(name, "train", overrides, self.out_dir / "finetune" / name, meta))
+        return stages
+
+    def run(self, jobs: int = 1, log=print) -> dict:
+        """Every stage in order; returns what the report needs."""
+        base = self.base_stage()
+        if base is not None:
+            run_stage(base, log)
+        base_ckpt = self.base_checkpoint()
+        base_metrics = run_stage(self.base_eval_stage(base_ckpt), log)
+        disc_metrics = run_stage(self.disc_stage(base_ckpt), log)
+        stages = self.finetune_stages(base_ckpt, disc_metrics["checkpoint"])
+        run_stages(stages, jobs, log)
+        return {
+            "base_checkpoint": base_ckpt,
+            "base_dir": str(base.out_dir) if base is not None else None,
+            "base": base_metrics,
+            "discriminator": disc_metrics,
+            "runs": [{**s.meta, "dir": str(s.out_dir), **s.metrics()} for s in stages],
+        }
