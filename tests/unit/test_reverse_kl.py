@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lmdisc.data.synthetic import exact_kl_rows, markov_chain, sample_chain
 from lmdisc.losses import BatchContext, ReverseKLLoss, discriminator_bce, discriminator_stats
 from lmdisc.models.discriminator import Discriminator, LSTMEncoder
 
@@ -39,37 +40,19 @@ class TableModule(nn.Module):
         return self.table[tokens], None, {}
 
 
-def markov_chain(seed: int, sharpness: float = 2.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(torch.randn(V, V, generator=g) * sharpness, -1)
-
-
-def sample(P: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    out = torch.empty(n, dtype=torch.long)
-    out[0] = 0
-    for i in range(1, n):
-        out[i] = torch.multinomial(P[out[i - 1]], 1, generator=g)
-    return out
-
-
-def _kl_rows(a_log: torch.Tensor, b_log: torch.Tensor) -> torch.Tensor:
-    return (a_log.exp() * (a_log - b_log)).sum(-1)
-
-
 def test_oracle_discriminator_gives_the_exact_reverse_kl():
-    P = markov_chain(0)
+    P = markov_chain(V, 0)
     q0_table = torch.randn(V, V, generator=torch.Generator().manual_seed(1))
     theta_table = torch.randn(V, V, generator=torch.Generator().manual_seed(2))
     log_q0 = torch.log_softmax(q0_table, -1)
     oracle = TableModule(P.log() - log_q0)
     loss = ReverseKLLoss(BigramLM(q0_table), oracle)
     model = BigramLM(theta_table)
-    tokens = sample(P, 301, 3)
+    tokens = sample_chain(P, 301, 3)
     inputs, targets = tokens[:-1].view(3, 100), tokens[1:].view(3, 100)
     logits, _, _ = model(inputs)
     out = loss(logits, targets, BatchContext(inputs, first_window=True))
-    exact = _kl_rows(torch.log_softmax(theta_table, -1), P.log())[inputs].mean()
+    exact = exact_kl_rows(torch.log_softmax(theta_table, -1), P.log())[inputs].mean()
     assert out.loss.item() == pytest.approx(exact.item(), abs=1e-5)
 
 
@@ -103,12 +86,12 @@ def test_one_step_moves_probability_towards_words_the_discriminator_favours():
 
 def test_trained_discriminator_recovers_kl_of_a_wrong_q0():
     torch.manual_seed(0)
-    P = markov_chain(10, sharpness=1.5)
+    P = markov_chain(V, 10, sharpness=1.5)
     q0_table = P.log() + 0.7 * torch.randn(
         V, V, generator=torch.Generator().manual_seed(11)
     )  # deliberately wrong
     log_q0_table = torch.log_softmax(q0_table, -1)
-    stream = sample(P, 40_001, 12)
+    stream = sample_chain(P, 40_001, 12)
     inputs, targets = stream[:-1].view(40, 1000), stream[1:].view(40, 1000)
     disc = Discriminator(LSTMEncoder(V, emb_size=16, hidden_size=32), V)
     optimizer = torch.optim.Adam(disc.parameters(), lr=0.02)
@@ -125,7 +108,7 @@ def test_trained_discriminator_recovers_kl_of_a_wrong_q0():
         s, _, _ = disc(inputs)
         stats = discriminator_stats(s, targets, log_q0_table[inputs], mask)
     estimate = (stats["kl_q0_p"] / stats["positions"]).item()
-    exact = _kl_rows(log_q0_table, P.log())[inputs].mean().item()
+    exact = exact_kl_rows(log_q0_table, P.log())[inputs].mean().item()
     assert estimate == pytest.approx(exact, rel=0.10)
     assert (stats["auc"] / stats["positions"]).item() > 0.6
     assert (stats["bce"] / stats["positions"]).item() < 2 * math.log(2)
