@@ -1,5 +1,7 @@
 """train_disc.py and loss=rkl_disc end to end on a tiny slice of PTB."""
 
+import csv
+
 import pytest
 import torch
 
@@ -141,3 +143,30 @@ def test_train_disc_refuses_a_discriminator_as_lm(trained_disc, tmp_path):
     cfg = compose_train(tmp_path, _disc_overrides(trained_disc["checkpoint"]), "train_disc")
     with pytest.raises(LmdiscError, match="is a discriminator checkpoint"):
         train_discriminator(cfg)
+
+
+def test_refresh_resets_q0_to_the_current_model_and_retrains_the_discriminator(
+    trained_run, trained_disc, tiny_corpus, tmp_path
+):
+    run_dir, _ = trained_run
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        "loss.refresh_every_n_epochs=1",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "optim.optimizer.lr=2",
+        "evaluate=false",
+    ]
+    train(compose_train(tmp_path, overrides))
+    with open(tmp_path / "run" / "csv" / "version_0" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    refreshes = [float(r["refresh/disc_bce"]) for r in rows if r.get("refresh/disc_bce")]
+    assert len(refreshes) == 1 and refreshes[0] < 2 * torch.log(torch.tensor(2.0)).item()
+    kl = [(int(r["epoch"]), float(r["train/rkl/kl_q_q0"])) for r in rows if r.get("train/rkl/kl_q_q0")]
+    end_of_first = [v for e, v in kl if e == 0][-1]
+    start_of_second = [v for e, v in kl if e == 1][0]
+    assert end_of_first > 1e-3
+    assert start_of_second < 1e-5  # q_0 is now the model itself (lstm_small has no dropout)

@@ -1,6 +1,7 @@
 """Training callbacks."""
 
 from .bounded_checkpoint import BoundedCheckpoint
+from .disc_refresh import DiscriminatorRefresh
 from .nt_asgd import NTASGD
 
-__all__ = ["NTASGD", "BoundedCheckpoint"]
+__all__ = ["NTASGD", "BoundedCheckpoint", "DiscriminatorRefresh"]

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmdisc.callbacks import DiscriminatorRefresh
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
     build_model,
@@ -87,9 +88,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # variable BPTT changes the number of windows every epoch: rebuild the loader each epoch so
     # Lightning's batch count (validation trigger, epoch end) matches it
     reload = {"reload_dataloaders_every_n_epochs": 1} if datamodule.variable_bptt else {}
+    callbacks = instantiate_callbacks(cfg, bool(loggers))
+    if cfg.loss.get("refresh_every_n_epochs"):
+        callbacks.append(
+            DiscriminatorRefresh(
+                cfg.loss.refresh_every_n_epochs, cfg.loss.refresh_epochs, cfg.loss.refresh_lr
+            )
+        )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_callbacks(cfg, bool(loggers)),
+        callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         **reload,

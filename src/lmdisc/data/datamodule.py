@@ -100,16 +100,24 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load()
 
-    def _stream(self, split: str):
+    def _stream(self, split: str, train_split: str | None = None, heldout_fraction: float | None = None):
         """A split as training and validation see it. With train_split=heldout, training reads
         the first `heldout_fraction` of the validation text and validation only the rest (the
         boundary token is an input of both, a target of neither twice)."""
         corpus = self.load()
-        if self.train_split == "train" or split == "test":
+        train_split = train_split or self.train_split
+        if train_split == "train" or split == "test":
             return corpus[split]
         valid = corpus["valid"]
-        cut = int(valid.numel() * self.heldout_fraction)
+        cut = int(valid.numel() * (heldout_fraction or self.heldout_fraction))
         return valid[: cut + 1] if split == "train" else valid[cut:]
+
+    def discriminator_loader(self, train_split: str, heldout_fraction: float) -> DataLoader:
+        """The text a discriminator trains on (train, or the held-out part of valid), unsharded:
+        every rank re-trains the same discriminator on the same windows."""
+        batches = layout_stream(self._stream("train", train_split, heldout_fraction), self.batch_size)
+        sampler = WindowSampler(batches.length, self.bptt)
+        return DataLoader(WindowDataset(batches), sampler=sampler, batch_size=None)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -37,8 +37,14 @@ class ReverseKLLoss:
     LightningModule, so they stay out of its state dict, its optimiser and DDP's gradient sync.
     """
 
-    def __init__(self, reference: nn.Module, discriminator: nn.Module | None = None):
+    def __init__(
+        self,
+        reference: nn.Module,
+        discriminator: nn.Module | None = None,
+        discriminator_config: dict | None = None,
+    ):
         self.reference = reference.eval().requires_grad_(False)
+        self.discriminator_config = discriminator_config or {}  # how it was trained (for refreshes)
         self.discriminator = discriminator.eval().requires_grad_(False) if discriminator is not None else None
         self._states: tuple[State, State] = (None, None)
         self._bucket_onehot: torch.Tensor | None = None
@@ -135,4 +141,4 @@ def reverse_kl_from_checkpoints(
             f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {reference_ckpt} "
             f"({expected[:12]}…); train one with train_disc.py lm_ckpt={reference_ckpt}"
         )
-    return ReverseKLLoss(q0, disc)
+    return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"]["discriminator"])

@@ -1,0 +1,99 @@
+"""`loss.refresh_every_n_epochs` (beyond the paper): every n epochs of rkl_disc fine-tuning, reset
+q_0 to the current model and re-train the discriminator against it, so the estimate tracks
+KL(q_θ‖p) rather than a q_0 that fine-tuning has already left behind.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from lmdisc.errors import LmdiscError
+from lmdisc.losses.discriminator import discriminator_bce
+from lmdisc.losses.reverse_kl import ReverseKLLoss
+from lmdisc.models.base import detach_state
+from lmdisc.models.discriminator import LMBodyEncoder
+
+
+def find_reverse_kl(loss) -> ReverseKLLoss | None:
+    terms = getattr(loss, "terms", {"": (1.0, loss)})
+    return next((fn for _, fn in terms.values() if isinstance(fn, ReverseKLLoss)), None)
+
+
+def retrain_discriminator(rkl: ReverseKLLoss, loader, epochs: int, lr: float, device: torch.device) -> float:
+    """Adam on the discriminator's BCE against the (new) q_0, warm-started; returns the last epoch's mean BCE."""
+    disc, lm = rkl.discriminator, rkl.reference.to(device).eval()
+    cfg = rkl.discriminator_config
+    disc.to(device).train().requires_grad_(True)
+    if isinstance(disc.encoder, LMBodyEncoder) and not disc.encoder.trainable:
+        disc.encoder.body.requires_grad_(False)
+    params = [p for p in disc.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    total = count = 0.0
+    for _ in range(epochs):
+        total = count = 0.0
+        lm_state = disc_state = None
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            with torch.no_grad():
+                logits, lm_state, _ = lm(inputs, lm_state)
+                log_q0 = torch.log_softmax(logits.float(), -1)
+            s, disc_state, _ = disc(inputs, disc_state)
+            disc_state = detach_state(disc_state)
+            loss = discriminator_bce(
+                s.float(), targets, log_q0, targets >= 0, cfg.get("negatives", "exact"), cfg.get("k", 8)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            total, count = total + float(loss), count + 1
+    disc.eval().requires_grad_(False)
+    return total / max(count, 1)
+
+
+class DiscriminatorRefresh(Callback):
+    """After every `every_n_epochs` training epochs (but not the last): q_0 <- θ, re-train s.
+
+    The discriminator re-trains on the text it was first trained on (its checkpoint's
+    `train_split`), for `epochs` epochs with Adam at `lr`. A frozen-features encoder takes the
+    current model's features too. Refreshed q_0 and s live in memory only: a run resumed from a
+    checkpoint starts again from the original ones.
+    """
+
+    def __init__(self, every_n_epochs: int, epochs: int = 1, lr: float = 1e-3):
+        if every_n_epochs < 1 or epochs < 1 or lr <= 0:
+            raise LmdiscError(
+                "loss.refresh_every_n_epochs, loss.refresh_epochs and loss.refresh_lr must be > 0"
+            )
+        self.every_n_epochs, self.epochs, self.lr = every_n_epochs, epochs, lr
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rkl = find_reverse_kl(pl_module.loss_fn)
+        if rkl is None or rkl.discriminator is None:
+            raise LmdiscError(
+                "loss.refresh_every_n_epochs needs loss=rkl_disc with a discriminator checkpoint"
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs or epoch >= trainer.max_epochs:
+            return
+        rkl = find_reverse_kl(pl_module.loss_fn)
+        weights = pl_module.model.state_dict()
+        rkl.reference.load_state_dict(weights)
+        encoder = rkl.discriminator.encoder
+        if isinstance(encoder, LMBodyEncoder):
+            encoder.body.load_state_dict(weights)
+        cfg = rkl.discriminator_config
+        loader = trainer.datamodule.discriminator_loader(
+            cfg.get("train_split", "train"), cfg.get("heldout_fraction", 0.5)
+        )
+        with torch.enable_grad():
+            bce = retrain_discriminator(rkl, loader, self.epochs, self.lr, pl_module.device)
+        pl_module.log("refresh/disc_bce", bce)
+        rank_zero_info(
+            f"epoch {epoch}: q_0 reset to the current model, discriminator re-trained (train BCE {bce:.4f})"
+        )
