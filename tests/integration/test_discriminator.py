@@ -167,6 +167,6 @@ def test_refresh_resets_q0_to_the_current_model_and_retrains_the_discriminator(
     assert len(refreshes) == 1 and refreshes[0] < 2 * torch.log(torch.tensor(2.0)).item()
     kl = [(int(r["epoch"]), float(r["train/rkl/kl_q_q0"])) for r in rows if r.get("train/rkl/kl_q_q0")]
     end_of_first = [v for e, v in kl if e == 0][-1]
-    start_of_second = [v for e, v in kl if e == 1][0]
+    start_of_second = next(v for e, v in kl if e == 1)
     assert end_of_first > 1e-3
     assert start_of_second < 1e-5  # q_0 is now the model itself (lstm_small has no dropout)
