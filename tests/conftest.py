@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_train, corpus_dir, quick_overrides, write_slice
+from helpers import compose_train, corpus_dir, disc_overrides, quick_overrides, write_slice
 from lmdisc.cli.train import train
+from lmdisc.cli.train_disc import train_discriminator
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,21 @@ def trained_run(tmp_path_factory, tiny_corpus):
     )
     metrics = train(cfg)
     return tmp / "run", metrics
+
+
+@pytest.fixture(scope="session")
+def trained_disc(trained_run, tmp_path_factory):
+    run_dir, _ = trained_run
+    tmp = tmp_path_factory.mktemp("disc")
+    cfg = compose_train(
+        tmp,
+        [
+            *disc_overrides(run_dir / "checkpoints" / "best.ckpt"),
+            "trainer.max_epochs=3",
+            "optim.optimizer.lr=0.001",
+            # on the LM's own training text the discriminator over-fits at once (DESIGN.md §4)
+            "discriminator.train_split=heldout",
+        ],
+        "train_disc",
+    )
+    return train_discriminator(cfg)

@@ -56,3 +56,15 @@ def quick_overrides(corpus: Path, model: str = "lstm_small") -> list[str]:
         "callbacks.progress_bar=null",
         "trainer.enable_model_summary=false",
     ]
+
+
+def disc_overrides(lm_ckpt, encoder: str = "lm_frozen") -> list[str]:
+    """train_disc.py against `lm_ckpt` on the CPU, quietly."""
+    return [
+        f"lm_ckpt={lm_ckpt}",
+        f"discriminator={encoder}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_model_summary=false",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    ]

@@ -5,41 +5,12 @@ import csv
 import pytest
 import torch
 
-from helpers import compose_train, quick_overrides
+from helpers import compose_train, disc_overrides, quick_overrides
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 from lmdisc.errors import LmdiscError
 
 pytestmark = pytest.mark.slow
-
-
-def _disc_overrides(lm_ckpt, encoder="lm_frozen"):
-    return [
-        f"lm_ckpt={lm_ckpt}",
-        f"discriminator={encoder}",
-        "trainer.accelerator=cpu",
-        "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false",
-        "logger=none",
-    ]
-
-
-@pytest.fixture(scope="session")
-def trained_disc(trained_run, tmp_path_factory):
-    run_dir, _ = trained_run
-    tmp = tmp_path_factory.mktemp("disc")
-    cfg = compose_train(
-        tmp,
-        [
-            *_disc_overrides(run_dir / "checkpoints" / "best.ckpt"),
-            "trainer.max_epochs=3",
-            "optim.optimizer.lr=0.001",
-            # on the LM's own training text the discriminator over-fits at once (DESIGN.md §4)
-            "discriminator.train_split=heldout",
-        ],
-        "train_disc",
-    )
-    return train_discriminator(cfg)
 
 
 def test_discriminator_beats_the_zero_head_and_records_its_lm(trained_disc, trained_run):
@@ -58,7 +29,7 @@ def test_discriminator_beats_the_zero_head_and_records_its_lm(trained_disc, trai
 def test_train_disc_fast_dev_run(trained_run, tmp_path, encoder, negatives):
     run_dir, _ = trained_run
     overrides = [
-        *_disc_overrides(run_dir / "checkpoints" / "best.ckpt", encoder),
+        *disc_overrides(run_dir / "checkpoints" / "best.ckpt", encoder),
         f"discriminator.negatives={negatives}",
         "trainer.fast_dev_run=true",
         "discriminator.train_split=heldout",
@@ -140,7 +111,7 @@ def test_discriminator_with_another_vocabulary_is_refused(trained_run, trained_d
 
 
 def test_train_disc_refuses_a_discriminator_as_lm(trained_disc, tmp_path):
-    cfg = compose_train(tmp_path, _disc_overrides(trained_disc["checkpoint"]), "train_disc")
+    cfg = compose_train(tmp_path, disc_overrides(trained_disc["checkpoint"]), "train_disc")
     with pytest.raises(LmdiscError, match="is a discriminator checkpoint"):
         train_discriminator(cfg)
 

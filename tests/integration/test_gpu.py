@@ -1,0 +1,50 @@
+"""CUDA-only checks (skipped without a GPU): rkl_disc fine-tuning and train_disc.py on the GPU,
+in fp32 and bf16-mixed, a full (tiny) epoch each so the numbers must come out finite and sane."""
+
+import math
+
+import pytest
+import torch
+
+from helpers import compose_train, disc_overrides, quick_overrides
+from lmdisc.cli.train import train
+from lmdisc.cli.train_disc import train_discriminator
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_rkl_disc_fine_tuning_on_cuda(trained_run, trained_disc, tiny_corpus, tmp_path, precision):
+    run_dir, base = trained_run
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "trainer.accelerator=gpu",
+        f"trainer.precision={precision}",
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        "trainer.max_epochs=1",
+        "optim.optimizer.lr=0.5",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert math.isfinite(metrics["val/ppl"])
+    # one gentle epoch from the base stays near it: within 10% (a broken loss on GPU would not)
+    assert metrics["val/ppl"] < 1.1 * base["val/ppl"]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_train_disc_on_cuda_beats_the_zero_head(trained_run, tmp_path, precision):
+    run_dir, _ = trained_run
+    overrides = [
+        *disc_overrides(run_dir / "checkpoints" / "best.ckpt"),
+        "trainer.accelerator=gpu",
+        f"trainer.precision={precision}",
+        "trainer.max_epochs=3",
+        "discriminator.train_split=heldout",
+    ]
+    metrics = train_discriminator(compose_train(tmp_path, overrides, "train_disc"))
+    assert metrics["best_val_disc_bce"] < 2 * math.log(2)
