@@ -106,9 +106,15 @@ class Pipeline:
             return str(Path(given).resolve())
         return self.base_stage().metrics()["checkpoint"]
 
+    def _data_overrides(self) -> list[str]:
+        """The corpus part of `common`: eval.py and train_disc.py read the same data as the LM stages
+        (rather than the path recorded in the base checkpoint, which may be another machine's)."""
+        return [o for o in self.cfg["common"] if o.split("=", 1)[0].split(".", 1)[0] == "data"]
+
     def base_eval_stage(self, base_ckpt: str) -> Stage:
         overrides = [
             *self.shared,
+            *self._data_overrides(),
             f"ckpt={base_ckpt}",
             f"metrics_file={self.out_dir / 'base_eval' / 'metrics.json'}",
         ]
@@ -116,7 +122,10 @@ class Pipeline:
 
     def disc_stage(self, base_ckpt: str) -> Stage:
         overrides = self._overrides(
-            [f"lm_ckpt={base_ckpt}"], self.cfg["discriminator"]["overrides"], self.cfg["device"]
+            self._data_overrides(),
+            [f"lm_ckpt={base_ckpt}"],
+            self.cfg["discriminator"]["overrides"],
+            self.cfg["device"],
         )
         return Stage("discriminator", "train_disc", overrides, self.out_dir / "discriminator")
 
