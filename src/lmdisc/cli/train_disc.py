@@ -36,7 +36,9 @@ from .common import (
 
 
 def _datamodule(cfg: DictConfig, lm_ckpt: dict):
-    data_cfg = cfg.get("data") or lm_ckpt["lmdisc"].get("config", {}).get("data")
+    # resolve a given data config in its own context (it interpolates paths.data_dir, seed, ...)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+    data_cfg = data_cfg or lm_ckpt["lmdisc"].get("config", {}).get("data")
     if not data_cfg:
         raise LmdiscError(
             "the LM checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)"
