@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt_file:
             ckpt = load_checkpoint(ckpt_file)
             model = build_model(ckpt)
-            device = module.device
+            device = trainer.strategy.root_device  # Lightning moves the module to the CPU after fit
             results = standard_protocol(model.to(device), datamodule, device)
             flat = report_results(results, f"standard protocol: {ckpt_file}", output_dir)
             metrics.update({"checkpoint": str(ckpt_file), **flat})

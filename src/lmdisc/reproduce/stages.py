@@ -6,6 +6,7 @@ same command resumes an interrupted pipeline; fine-tuning runs may run `jobs` at
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,7 +49,14 @@ class Stage:
         ]
 
 
-def run_stage(stage: Stage, log=print) -> dict:
+def _stage_env(jobs: int) -> dict[str, str]:
+    """Split the CPU threads between the stages that run at once (else each takes them all)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
+
+
+def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
     """Run one stage (or skip it if done); its output goes to out_dir/stage.log."""
     if stage.done:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
@@ -57,7 +65,7 @@ def run_stage(stage: Stage, log=print) -> dict:
     log(f"[run ] {stage.name}: {' '.join(stage.command()[2:])}")
     start = time.perf_counter()
     with open(stage.out_dir / "stage.log", "w", encoding="utf-8") as out:
-        code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
     if code != 0 or not stage.done:
         tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise LmdiscError(
@@ -72,7 +80,7 @@ def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
     if jobs <= 1:
         return [run_stage(s, log) for s in stages]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_stage, s, log) for s in stages]
+        futures = [pool.submit(run_stage, s, log, jobs) for s in stages]
         return [f.result() for f in futures]
 
 
