@@ -3,6 +3,8 @@
     python benchmarks/throughput.py --model lstm_small --steps 200
     python benchmarks/throughput.py --model awd_lstm --steps 30
     python benchmarks/throughput.py --model lstm_small --losses ce,ppl_reg,ppl
+    python benchmarks/throughput.py --model lstm_small --bptt 20 --losses ce,rkl_disc \
+        --init-from BASE.ckpt --disc-ckpt DISC.ckpt        # rkl_disc needs q_0 and a discriminator
 
 Prints tokens/s of the plain loop (with the first loss) and of our module with each loss, the
 ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
@@ -123,6 +125,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--losses", default="ce", help="comma-separated conf/loss options for our module")
+    parser.add_argument(
+        "--init-from", default=None, help="LM checkpoint: q_0 of rkl_disc (and the start weights)"
+    )
+    parser.add_argument("--disc-ckpt", default=None, help="discriminator checkpoint for rkl_disc")
     args = parser.parse_args()
 
     losses = args.losses.split(",")
@@ -134,10 +140,15 @@ def main() -> None:
         "paths.root_dir=.",
         "paths.output_dir=/tmp/lmdisc-bench",
     ]
+    if args.init_from:
+        overrides.append(f"init_from={args.init_from}")
     cfgs = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for loss in losses:
-            cfgs[loss] = compose("train", overrides=[*overrides, f"loss={loss}"])
+            extra = (
+                [f"loss.discriminator_ckpt={args.disc_ckpt}"] if loss == "rkl_disc" and args.disc_ckpt else []
+            )
+            cfgs[loss] = compose("train", overrides=[*overrides, f"loss={loss}", *extra])
     cfg = cfgs[losses[0]]
     datamodule: LMDataModule = instantiate(cfg.data)
     vocab = datamodule.vocab

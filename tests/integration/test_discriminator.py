@@ -22,6 +22,8 @@ def test_discriminator_beats_the_zero_head_and_records_its_lm(trained_disc, trai
     assert not any(k.startswith("lm.") for k in ckpt["state_dict"])  # the frozen LM is not saved
     for key in ("val/disc_acc", "val/disc_auc", "val/kl_q0_p"):
         assert key in metrics
+    # the reported metrics are the saved checkpoint's, not the last epoch's
+    assert metrics["val/disc_bce"] == pytest.approx(metrics["best_val_disc_bce"], abs=1e-5)
 
 
 @pytest.mark.parametrize("encoder", ["lm_copy", "lstm"])

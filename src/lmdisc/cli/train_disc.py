@@ -123,6 +123,15 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
                 f"the discriminator never beat the zero head (val/disc_bce >= 2 ln 2 = {ZERO_HEAD_BCE:.4f}); nothing "
                 "was saved. Try discriminator=lm_frozen, more dropout or weight decay, or discriminator.train_split=heldout"
             )
+        # report the saved discriminator, not the last validation: re-validate the best checkpoint
+        trainer.validate(
+            module,
+            datamodule=datamodule,
+            ckpt_path=checkpoint.best_model_path,
+            verbose=False,
+            weights_only=True,
+        )
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         metrics.update(
             {
                 "checkpoint": checkpoint.best_model_path,

@@ -1,0 +1,46 @@
+"""Two-process DDP on the CPU (gloo) through the real CLI: rkl_disc fine-tuning with its frozen
+q_0 and discriminator, which must stay out of DDP's gradient sync and its unused-parameter check."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import DATA_DIR, REPO, quick_overrides
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, tiny_corpus, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "lmdisc.cli.train",
+        *quick_overrides(tiny_corpus),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "loss=rkl_disc",
+        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        "optim.optimizer.lr=0.5",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={DATA_DIR}",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] > 0
+    assert "distributed_backend=gloo" in done.stdout + done.stderr  # really two processes
+    ckpt = torch.load(metrics["checkpoint"], weights_only=True)
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])  # q_0 and s are not saved
+    header = (out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/rkl" in header
