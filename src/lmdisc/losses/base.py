@@ -20,6 +20,8 @@ class BatchContext:
     ignore_index: int = IGNORE_INDEX
     # True for the first window of a stream: losses with their own recurrent models reset them
     first_window: bool = False
+    # False on steps whose logs Lightning will not keep: losses may skip costly diagnostics
+    diagnostics: bool = True
     _log_probs: torch.Tensor | None = field(default=None, repr=False)
     _log_probs_of: torch.Tensor | None = field(default=None, repr=False)
     _nll: torch.Tensor | None = field(default=None, repr=False)

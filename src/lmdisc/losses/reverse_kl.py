@@ -22,11 +22,36 @@ from .base import BatchContext, LossOutput
 def reverse_kl_terms(
     log_q: torch.Tensor, log_q0: torch.Tensor, s: torch.Tensor | None, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Per-position Σ_v q [log q − log q0 − s] ([B, T], zero where `mask` is False)."""
+    """Per-position Σ_v q [log q − log q0 − s] ([B, T], zero where `mask` is False); the plain
+    autograd reference that `_ReverseKLTerm` must agree with."""
     inner = log_q - log_q0
     if s is not None:
         inner = inner - s
     return (log_q.exp() * inner).sum(-1) * mask
+
+
+class _ReverseKLTerm(torch.autograd.Function):
+    """T = Σ_v q_v d_v with d = log q − c (c constant: log q0 + s, up to a per-position shift) and
+    q = softmax(z), with the closed-form gradient ∂T/∂z_j = q_j (d_j − T).
+
+    Autograd through log_softmax, exp, the product and the sum makes several extra passes over the
+    [B, T, V] tensors; this takes one, and it reuses the step's shared log-probs.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, log_q: torch.Tensor, q: torch.Tensor, c: torch.Tensor):
+        d = log_q - c
+        per_position = (q * d).sum(-1)  # (linalg.vecdot runs as a slow batched gemv on CPU)
+        ctx.save_for_backward(q, d, per_position)
+        ctx.logits_dtype = logits.dtype
+        return per_position
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, d, per_position = ctx.saved_tensors
+        grad_logits = q * (d - per_position.unsqueeze(-1))
+        grad_logits.mul_(grad.unsqueeze(-1))
+        return grad_logits.to(ctx.logits_dtype), None, None, None
 
 
 class ReverseKLLoss:
@@ -35,6 +60,7 @@ class ReverseKLLoss:
     `reference` and `discriminator` are frozen `forward(tokens, state) -> (out, state, extras)`
     modules (the discriminator's `out` is s). They are not nn.Module attributes of the
     LightningModule, so they stay out of its state dict, its optimiser and DDP's gradient sync.
+    A `lm_frozen` discriminator whose body is q_0's own reuses q_0's features (one body pass).
     """
 
     def __init__(
@@ -46,6 +72,12 @@ class ReverseKLLoss:
         self.reference = reference.eval().requires_grad_(False)
         self.discriminator_config = discriminator_config or {}  # how it was trained (for refreshes)
         self.discriminator = discriminator.eval().requires_grad_(False) if discriminator is not None else None
+        self.shared_body = bool(
+            discriminator is not None
+            and hasattr(discriminator, "shares_body_with")
+            and hasattr(reference, "decode")
+            and discriminator.shares_body_with(reference)
+        )
         self._states: tuple[State, State] = (None, None)
         self._bucket_onehot: torch.Tensor | None = None
         self._bucket_names: list[str] = []
@@ -68,36 +100,69 @@ class ReverseKLLoss:
                 self.discriminator.to(device)
 
     @torch.no_grad()
-    def _frozen_outputs(self, inputs: torch.Tensor, first_window: bool):
+    def _frozen_outputs(self, inputs: torch.Tensor, first_window: bool, diagnostics: bool):
+        """(c, lse0, log_q0, s) with c = z_0 + s: q_0's logits plus the discriminator's scores, i.e.
+        log q_0 + s + lse0 where lse0 = logsumexp(z_0) per position. The term's gradient needs only
+        c (a per-position constant cancels) and its value adds lse0 back, so q_0 is never
+        normalised over [B, T, V]; log_q0 and s on their own are made for diagnostics only."""
         ref_state, disc_state = (None, None) if first_window else self._states
-        ref_logits, ref_state, _ = self.reference(inputs, ref_state)
-        log_q0 = torch.log_softmax(ref_logits.float(), dim=-1)
         s = None
+        if self.shared_body:
+            features, ref_state, _ = self.reference.features(inputs, ref_state)
+            c = self.reference.decode(features).float()
+        else:
+            ref_logits, ref_state, _ = self.reference(inputs, ref_state)
+            c = ref_logits.float()
+        lse0 = torch.logsumexp(c, dim=-1)
+        log_q0 = c - lse0.unsqueeze(-1) if diagnostics else None
         if self.discriminator is not None:
-            s, disc_state, _ = self.discriminator(inputs, disc_state)
-            s = s.float()
+            if self.shared_body and not diagnostics:
+                self._add_scores_(c, features)
+            else:
+                if self.shared_body:
+                    s = self.discriminator.scores(features).float()
+                else:
+                    s, disc_state, _ = self.discriminator(inputs, disc_state)
+                    s = s.float()
+                c.add_(s)
         self._states = (ref_state, disc_state)
-        return log_q0, s
+        return c, lse0, log_q0, s if diagnostics else None
+
+    def _add_scores_(self, c: torch.Tensor, features: torch.Tensor) -> None:
+        """c += s without materialising s: the head's matmul accumulates straight into c."""
+        hidden = self.discriminator.mlp(features).float()
+        head = self.discriminator.head
+        c.view(-1, c.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), head.weight.float().t())
+        c.add_(head.bias.float())
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
         self._to(logits.device)
-        log_q0, s = self._frozen_outputs(ctx.inputs, ctx.first_window)
-        log_q = ctx.log_probs(logits)
+        c, lse0, log_q0, s = self._frozen_outputs(ctx.inputs, ctx.first_window, ctx.diagnostics)
+        log_q = ctx.log_probs(logits).detach()
         mask = targets != ctx.ignore_index
         count = mask.sum().clamp_min(1)
-        term = reverse_kl_terms(log_q, log_q0, s, mask).sum() / count
         with torch.no_grad():
             q = log_q.exp()
-            logs = {"kl_q_q0": ((q * (log_q - log_q0)).sum(-1) * mask).sum() / count}
-            if s is not None:
-                logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
-            if self._bucket_onehot is not None:
-                logs.update(self._mass_moved(q - log_q0.exp(), mask, count))
+            logs = {}
+            if ctx.diagnostics:  # only on steps whose logs are kept: each is a pass over [B, T, V]
+                if s is not None:
+                    logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
+                if self._bucket_onehot is not None:
+                    logs.update(self._mass_moved(q, log_q0, mask, count))
+        per_position = _ReverseKLTerm.apply(logits, log_q, q, c) + lse0
+        term = (per_position * mask).sum() / count
+        if ctx.diagnostics:
+            # Σ q (log q − log q0) = Σ q (log q − log q0 − s) + Σ q s
+            logs["kl_q_q0"] = term.detach() + logs.get("mean_s_under_q", 0.0)
         return LossOutput(term, logs)
 
-    def _mass_moved(self, delta: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> dict:
-        onehot = self._bucket_onehot.to(delta.device)
-        per_bucket = ((delta @ onehot) * mask.unsqueeze(-1)).sum((0, 1)) / count
+    def _mass_moved(
+        self, q: torch.Tensor, log_q0: torch.Tensor, mask: torch.Tensor, count: torch.Tensor
+    ) -> dict:
+        """Σ over positions first (one [V] vector per model), then over each bucket's words."""
+        weights = mask.reshape(1, -1).to(q.dtype)
+        moved = weights @ q.reshape(-1, q.shape[-1]) - weights @ log_q0.reshape(-1, q.shape[-1]).exp()
+        per_bucket = (moved @ self._bucket_onehot.to(q.device)).squeeze(0) / count
         return {f"mass_moved/{name}": value for name, value in zip(self._bucket_names, per_bucket)}
 
 

@@ -58,7 +58,7 @@ class AWDLSTM(LanguageModelBase):
 
     def forward(self, tokens: torch.Tensor, state: State = None):
         output, new_state, extras = self.features(tokens, state)
-        return self.decoder(output), new_state, extras
+        return self.decode(output), new_state, extras
 
     def features(self, tokens: torch.Tensor, state: State = None):
         """The body's output before the decoder: (hidden[B,T,H], new_state, extras)."""

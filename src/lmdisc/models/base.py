@@ -28,14 +28,18 @@ def _to_float(state: State) -> State:
 
 
 def run_recurrent(rnn: nn.Module, x: torch.Tensor, state: State = None):
-    """Call an LSTM, in fp32 when CPU autocast is on: the fused CPU kernel rejects bf16.
+    """Call an LSTM (in fp32 when CPU autocast is on: the fused CPU kernel rejects bf16), output contiguous.
 
     Everything around the recurrent core (embedding, decoder, softmax) still runs in bf16.
     """
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return rnn(x.float(), _to_float(state))
-    return rnn(x, state)
+            out, state = rnn(x.float(), _to_float(state))
+    else:
+        out, state = rnn(x, state)
+    # without grad the CPU LSTM may return a strided view; a Linear on a non-contiguous 3-D input
+    # runs as a batched matmul over a broadcast weight, several times slower than one matmul
+    return out.contiguous(), state
 
 
 class LanguageModelBase(nn.Module):
@@ -50,6 +54,10 @@ class LanguageModelBase(nn.Module):
 
     def features(self, tokens: torch.Tensor, state: State = None):
         raise NotImplementedError
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from `features()`' output (both our LMs end in a linear `decoder`)."""
+        return self.decoder(features)
 
     def regularization_loss(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Model-specific penalty added to the training loss (AWD's AR/TAR); none by default."""

@@ -84,9 +84,20 @@ class Discriminator(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """s from the encoder's features (lets rkl_disc reuse q_0's features for `lm_frozen`)."""
+        return self.head(self.mlp(features))
+
     def forward(self, tokens: torch.Tensor, state: State = None):
         features, state = self.encoder(tokens, state)
-        return self.head(self.mlp(features)), state, {}
+        return self.scores(features), state, {}
+
+    def shares_body_with(self, lm: nn.Module) -> bool:
+        """True when the encoder is a frozen copy of `lm`'s body with the very same weights."""
+        if not isinstance(self.encoder, LMBodyEncoder) or self.encoder.trainable:
+            return False
+        mine, theirs = self.encoder.body.state_dict(), lm.state_dict()
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 ENCODERS = ("lstm", "lm_copy", "lm_frozen")

@@ -47,4 +47,4 @@ class LSTMLanguageModel(LanguageModelBase):
 
     def forward(self, tokens: torch.Tensor, state: State = None):
         hidden, state, extras = self.features(tokens, state)
-        return self.decoder(hidden), state, extras
+        return self.decode(hidden), state, extras

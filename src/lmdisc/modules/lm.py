@@ -73,7 +73,13 @@ class LanguageModel(L.LightningModule):
         first_window = self._state["train"] is None
         logits, state, extras = self.model(inputs, self._state["train"])
         self._state["train"] = detach_state(state)
-        ctx = BatchContext(inputs=inputs, state=state, extras=extras, first_window=first_window)
+        ctx = BatchContext(
+            inputs=inputs,
+            state=state,
+            extras=extras,
+            first_window=first_window,
+            diagnostics=self._logs_kept(),
+        )
         out = self.loss_fn(logits, targets, ctx)
         loss = out.loss
         penalty = self.model.regularization_loss(extras)
@@ -84,6 +90,15 @@ class LanguageModel(L.LightningModule):
         self.log("train/objective", loss.detach(), prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return loss
+
+    def _logs_kept(self) -> bool:
+        """Whether Lightning writes this step's logs: after the step it has stepped global_step + 1
+        times and writes when that count + 1 is a multiple of log_every_n_steps."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return True
+        every = max(trainer.log_every_n_steps, 1)
+        return every == 1 or (self.global_step + 2) % every == 0 or bool(trainer.fast_dev_run)
 
     def on_train_epoch_end(self) -> None:
         nll = self.train_nll.compute().float()
