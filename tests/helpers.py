@@ -68,3 +68,13 @@ def disc_overrides(lm_ckpt, encoder: str = "lm_frozen") -> list[str]:
         "trainer.enable_progress_bar=false",
         "logger=none",
     ]
+
+
+def rkl_overrides(corpus: Path, lm_ckpt, disc_ckpt) -> list[str]:
+    """A quick loss=rkl_disc fine-tuning of `lm_ckpt` on `corpus` against `disc_ckpt`."""
+    return [
+        *quick_overrides(corpus),
+        "loss=rkl_disc",
+        f"init_from={lm_ckpt}",
+        f"loss.discriminator_ckpt={disc_ckpt}",
+    ]

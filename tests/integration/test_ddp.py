@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from helpers import DATA_DIR, REPO, quick_overrides
+from helpers import DATA_DIR, REPO, rkl_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -21,14 +21,11 @@ def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, t
         sys.executable,
         "-m",
         "lmdisc.cli.train",
-        *quick_overrides(tiny_corpus),
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.max_epochs=1",
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
         "optim.optimizer.lr=0.5",
         f"paths.root_dir={tmp_path}",
         f"paths.data_dir={DATA_DIR}",

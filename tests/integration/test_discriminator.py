@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from helpers import compose_train, disc_overrides, quick_overrides
+from helpers import compose_train, disc_overrides, rkl_overrides
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 from lmdisc.errors import LmdiscError
@@ -47,10 +47,7 @@ def test_train_disc_fast_dev_run(trained_run, tmp_path, encoder, negatives):
 def test_rkl_disc_fine_tuning_runs(trained_run, trained_disc, tiny_corpus, tmp_path, precision, arm):
     run_dir, _ = trained_run
     overrides = [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
         f"loss.discriminator={arm}",
         f"trainer.precision={precision}",
         "trainer.fast_dev_run=true",
@@ -65,10 +62,7 @@ def test_rkl_disc_short_run_logs_both_terms_and_saves_no_frozen_modules(
 ):
     run_dir, _ = trained_run
     overrides = [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
         "trainer.max_epochs=1",
         "optim.optimizer.lr=0.5",
     ]
@@ -81,13 +75,7 @@ def test_rkl_disc_short_run_logs_both_terms_and_saves_no_frozen_modules(
 
 
 def _fine_tune(tiny_corpus, lm_ckpt, disc_ckpt) -> list[str]:
-    return [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={lm_ckpt}",
-        f"loss.discriminator_ckpt={disc_ckpt}",
-        "trainer.fast_dev_run=true",
-    ]
+    return [*rkl_overrides(tiny_corpus, lm_ckpt, disc_ckpt), "trainer.fast_dev_run=true"]
 
 
 def test_discriminator_of_another_lm_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
@@ -123,10 +111,7 @@ def test_refresh_resets_q0_to_the_current_model_and_retrains_the_discriminator(
 ):
     run_dir, _ = trained_run
     overrides = [
-        *quick_overrides(tiny_corpus),
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
         "loss.refresh_every_n_epochs=1",
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from helpers import compose_train, disc_overrides, quick_overrides
+from helpers import compose_train, disc_overrides, rkl_overrides
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 
@@ -21,12 +21,9 @@ pytestmark = [
 def test_rkl_disc_fine_tuning_on_cuda(trained_run, trained_disc, tiny_corpus, tmp_path, precision):
     run_dir, base = trained_run
     overrides = [
-        *quick_overrides(tiny_corpus),
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
         "trainer.accelerator=gpu",
         f"trainer.precision={precision}",
-        "loss=rkl_disc",
-        f"init_from={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"loss.discriminator_ckpt={trained_disc['checkpoint']}",
         "trainer.max_epochs=1",
         "optim.optimizer.lr=0.5",
     ]
