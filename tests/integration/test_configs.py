@@ -19,7 +19,16 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda x: str(x))
+def _is_pipeline(group: str, option: str) -> bool:
+    """experiment=reproduce_* configures reproduce.py, not train.py (tested below)."""
+    return group == "experiment" and "pipeline:" in (Path(CONF_DIR) / group / f"{option}.yaml").read_text()
+
+
+TRAIN_OPTIONS = [(g, o) for g in GROUPS for o in _options(g) if not _is_pipeline(g, o)]
+PIPELINES = [o for o in _options("experiment") if _is_pipeline("experiment", o)]
+
+
+@pytest.mark.parametrize("group,option", TRAIN_OPTIONS, ids=lambda x: str(x))
 def test_every_option_composes(tmp_path, group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "text":
@@ -37,6 +46,14 @@ def test_every_option_composes(tmp_path, group, option):
             instantiate(cfg.loss)  # fine-tuning needs a trained LM, and says so
     elif group in ("loss", "optim", "logger", "callbacks", "scheduler"):
         instantiate(cfg[group])
+
+
+@pytest.mark.parametrize("option", PIPELINES)
+def test_every_pipeline_experiment_composes(tmp_path, option):
+    cfg = compose_train(tmp_path, [f"experiment={option}"], config_name="reproduce")
+    assert set(cfg.pipeline.finetune.arms) == {"ce", "rkl_disc", "control"}
+    assert len(cfg.pipeline.finetune.seeds) >= 3 and cfg.pipeline.finetune.lrs
+    assert any(o.startswith("data=") for o in cfg.pipeline.common)
 
 
 @pytest.mark.parametrize("option", _options("discriminator"))
