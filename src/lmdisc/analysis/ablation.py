@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from lmdisc.io import atomic_savefig, atomic_write_text
+from lmdisc.analysis.plotting import headless_pyplot, save_figure
+from lmdisc.io import atomic_write_text
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -92,11 +93,7 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
 
 
 def plot_curves(groups: dict[str, list[dict]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, entries in sorted(groups.items()):
         curves = [e["curve"] for e in entries if e["curve"]]
@@ -117,10 +114,7 @@ def plot_curves(groups: dict[str, list[dict]], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation perplexity (mean, band: min-max over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+    return save_figure(fig, [ax], path)
 
 
 def main(argv: list[str] | None = None) -> None:

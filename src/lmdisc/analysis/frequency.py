@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lmdisc.analysis.plotting import headless_pyplot, save_figure
 from lmdisc.data.batching import IGNORE_INDEX
-from lmdisc.io import atomic_savefig
 
 
 def log_spaced_edges(max_count: int, base: int = 10) -> list[int]:
@@ -65,11 +65,7 @@ class FrequencyBuckets:
 
 def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
     """Bucket perplexity (log scale) and token share, one line per labelled result; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, (ax_ppl, ax_share) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in curves.items():
         names = [r["bucket"] for r in rows]
@@ -80,9 +76,5 @@ def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
     ax_ppl.set_ylabel("bucket perplexity")
     ax_share.set_xlabel("training-set count of the word")
     ax_share.set_ylabel("share of evaluation tokens")
-    for ax in (ax_ppl, ax_share):
-        ax.grid(alpha=0.3)
-        ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+    return save_figure(fig, [ax_ppl, ax_share], path)

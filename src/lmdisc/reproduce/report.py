@@ -11,7 +11,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lmdisc.io import atomic_savefig, atomic_write_json, atomic_write_text
+from lmdisc.analysis.plotting import headless_pyplot, save_figure
+from lmdisc.io import atomic_write_json, atomic_write_text
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -75,11 +76,7 @@ def _bucket_table(base: dict, best: dict[str, dict]) -> list[str]:
 
 def plot_bucket_change(base: dict, best: dict[str, dict], path: Path):
     """Mean test log-prob change vs the base per frequency bucket, one line per arm (± std over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     rows = [(i, r) for i, r in enumerate(base["buckets"]["test"]) if r["tokens"]]
     names = [r["bucket"] for _, r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -101,19 +98,12 @@ def plot_bucket_change(base: dict, best: dict[str, dict], path: Path):
     ax.set_xlabel("training-set count of the target word")
     ax.set_ylabel("mean log-prob change vs base (nats)")
     ax.set_title("Where fine-tuning moved probability (test split)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+    return save_figure(fig, [ax], path)
 
 
 def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
     """Validation PPL during fine-tuning, per arm at its best lr (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, info in best.items():
         curves = [val_curve(run["dir"]) for run in info["runs"]]
@@ -127,10 +117,7 @@ def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
     ax.axhline(base["val/ppl"], color="black", ls="--", lw=0.8, label="base (step 0)")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation perplexity")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+    return save_figure(fig, [ax], path)
 
 
 def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path:
