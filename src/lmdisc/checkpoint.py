@@ -87,15 +87,21 @@ def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:
     return list(ckpt["lmdisc"]["vocab"])
 
 
+def vocab_difference(first: list[str], second: list[str], first_name: str, second_name: str) -> str:
+    """The first way two vocabularies differ, for an error message ('' when they are equal)."""
+    if first == second:
+        return ""
+    if len(first) != len(second):
+        return f"{len(first)} words {first_name}, {len(second)} {second_name}"
+    i = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    return f"id {i} is {first[i]!r} {first_name} but {second[i]!r} {second_name}"
+
+
 def check_same_vocab(ckpt_vocab: list[str], data_vocab: list[str], what: str = "checkpoint") -> None:
     """Refuse a model whose word ids mean other words than the corpus' ids."""
-    if ckpt_vocab == data_vocab:
+    detail = vocab_difference(ckpt_vocab, data_vocab, f"in the {what}", "in the corpus")
+    if not detail:
         return
-    if len(ckpt_vocab) != len(data_vocab):
-        detail = f"{len(ckpt_vocab)} words in the {what}, {len(data_vocab)} in the corpus"
-    else:
-        i = next(i for i, (a, b) in enumerate(zip(ckpt_vocab, data_vocab)) if a != b)
-        detail = f"id {i} is {ckpt_vocab[i]!r} in the {what} but {data_vocab[i]!r} in the corpus"
     raise LmdiscError(
         f"the {what}'s vocabulary does not match the corpus ({detail}); evaluate or fine-tune it "
         "on the corpus it was trained on (data=...)"

@@ -16,7 +16,13 @@ import torch
 from hydra.utils import instantiate
 
 from lmdisc.analysis.frequency import FrequencyBuckets
-from lmdisc.checkpoint import build_model, check_same_vocab, checkpoint_vocab, load_checkpoint
+from lmdisc.checkpoint import (
+    build_model,
+    check_same_vocab,
+    checkpoint_vocab,
+    load_checkpoint,
+    vocab_difference,
+)
 from lmdisc.data.batching import IGNORE_INDEX
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import STANDARD_BATCH_SIZES, evaluate_stream
@@ -40,13 +46,6 @@ class Comparison:
 
     def ppl(self, which: str) -> float:
         return math.exp(-float(getattr(self, which).mean()))
-
-
-def _different_vocab(before: list[str], after: list[str]) -> str:
-    if len(before) != len(after):
-        return f"{len(before)} words before, {len(after)} after"
-    i = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b)
-    return f"id {i} is {before[i]!r} before but {after[i]!r} after"
 
 
 def _score(model: torch.nn.Module, datamodule, split: str, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,10 +77,10 @@ def compare_checkpoints(
         raise LmdiscError(f"split must be one of {sorted(STANDARD_BATCH_SIZES)}, got {split!r}")
     ckpt_before, ckpt_after = load_checkpoint(before), load_checkpoint(after)
     vocab = checkpoint_vocab(ckpt_before)
-    if vocab != checkpoint_vocab(ckpt_after):
+    detail = vocab_difference(vocab, checkpoint_vocab(ckpt_after), "before", "after")
+    if detail:
         raise LmdiscError(
-            f"{before} and {after} have different vocabularies "
-            f"({_different_vocab(vocab, checkpoint_vocab(ckpt_after))}); only checkpoints trained "
+            f"{before} and {after} have different vocabularies ({detail}); only checkpoints trained "
             "on the same corpus can be compared word by word"
         )
     data_cfg = dict(ckpt_before["lmdisc"].get("config", {}).get("data") or {})
