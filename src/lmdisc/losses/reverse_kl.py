@@ -117,7 +117,7 @@ class ReverseKLLoss:
         log_q0 = c - lse0.unsqueeze(-1) if diagnostics else None
         if self.discriminator is not None:
             if self.shared_body and not diagnostics:
-                self._add_scores_(c, features)
+                self.discriminator.add_scores_(c, features)
             else:
                 if self.shared_body:
                     s = self.discriminator.scores(features).float()
@@ -127,13 +127,6 @@ class ReverseKLLoss:
                 c.add_(s)
         self._states = (ref_state, disc_state)
         return c, lse0, log_q0, s if diagnostics else None
-
-    def _add_scores_(self, c: torch.Tensor, features: torch.Tensor) -> None:
-        """c += s without materialising s: the head's matmul accumulates straight into c."""
-        hidden = self.discriminator.mlp(features).float()
-        head = self.discriminator.head
-        c.view(-1, c.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), head.weight.float().t())
-        c.add_(head.bias.float())
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
         self._to(logits.device)

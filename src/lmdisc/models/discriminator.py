@@ -88,6 +88,13 @@ class Discriminator(nn.Module):
         """s from the encoder's features (lets rkl_disc reuse q_0's features for `lm_frozen`)."""
         return self.head(self.mlp(features))
 
+    def add_scores_(self, out: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """out += s(features) in fp32 without materialising s: the head's matmul accumulates into
+        `out` (rkl_disc adds s to q_0's logits this way)."""
+        hidden = self.mlp(features).float()
+        out.view(-1, out.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), self.head.weight.float().t())
+        return out.add_(self.head.bias.float())
+
     def forward(self, tokens: torch.Tensor, state: State = None):
         features, state = self.encoder(tokens, state)
         return self.scores(features), state, {}
