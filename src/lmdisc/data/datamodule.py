@@ -115,9 +115,7 @@ class LMDataModule(L.LightningDataModule):
     def discriminator_loader(self, train_split: str, heldout_fraction: float) -> DataLoader:
         """The text a discriminator trains on (train, or the held-out part of valid), unsharded:
         every rank re-trains the same discriminator on the same windows."""
-        batches = layout_stream(self._stream("train", train_split, heldout_fraction), self.batch_size)
-        sampler = WindowSampler(batches.length, self.bptt)
-        return DataLoader(WindowDataset(batches), sampler=sampler, batch_size=None)
+        return self._windows(self._stream("train", train_split, heldout_fraction), self.batch_size)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -132,6 +130,12 @@ class LMDataModule(L.LightningDataModule):
         stream = self._stream(split) if sharded else self.load()[split]
         if max_tokens:
             stream = stream[: max_tokens + 1]
+        return self._windows(stream, batch_size, rank, world, variable)
+
+    def _windows(
+        self, stream, batch_size: int, rank: int = 0, world: int = 1, variable: bool = False
+    ) -> DataLoader:
+        """BPTT windows over `stream` laid out in `batch_size` columns (this rank's shard)."""
         batches = layout_stream(stream, batch_size, rank, world)
         sampler = WindowSampler(batches.length, self.bptt, variable, self.seed)
         if variable and getattr(self, "trainer", None) is not None:

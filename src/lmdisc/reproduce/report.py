@@ -7,6 +7,7 @@ test split; "change" is relative to the base model the arms were fine-tuned from
 from __future__ import annotations
 
 import csv
+import functools
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +25,9 @@ def _pm(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+@functools.cache
 def _csv_rows(run_dir: str) -> list[dict]:
+    """A run's CSV log, read once (the curves and the moved mass both need it)."""
     path = Path(run_dir) / "csv" / "version_0" / "metrics.csv"
     if not path.is_file():
         return []
@@ -122,6 +125,7 @@ def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
 
 def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path:
     """Write results.md, results.json and the two plots into `out_dir`; returns results.md."""
+    _csv_rows.cache_clear()  # read the logs as they are now, once each
     out_dir = Path(out_dir)
     base, disc, runs = results["base"], results["discriminator"], results["runs"]
     best = best_by_validation(runs)
