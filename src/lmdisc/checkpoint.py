@@ -83,6 +83,26 @@ def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any
     return disc, ckpt
 
 
+def load_discriminator_of(
+    path: str | Path, lm: torch.nn.Module, vocab: list[str], lm_name: str
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A discriminator checked against the LM it will be used with: the same vocabulary, and
+    trained against exactly these weights (by fingerprint), since s estimates log p − log q_0."""
+    disc, ckpt = load_discriminator(path)
+    detail = vocab_difference(checkpoint_vocab(ckpt), vocab, "in the discriminator", f"in {lm_name}")
+    if detail:
+        raise LmdiscError(f"discriminator {path} has another vocabulary than {lm_name} ({detail})")
+    expected = weights_sha256(lm.state_dict())
+    trained_against = ckpt["lmdisc"]["lm"]
+    if trained_against.get("sha256") != expected:
+        raise LmdiscError(
+            f"discriminator {path} was trained against the LM {trained_against.get('path')} "
+            f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {lm_name} "
+            f"({expected[:12]}…); train one with train_disc.py lm_ckpt={lm_name}"
+        )
+    return disc, ckpt
+
+
 def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:
     return list(ckpt["lmdisc"]["vocab"])
 

@@ -1,13 +1,14 @@
 """train_disc.py and loss=rkl_disc end to end on a tiny slice of PTB."""
 
 import csv
+import json
 
 import pytest
 import torch
 
 from helpers import compose_train, disc_overrides, rkl_overrides
 from lmdisc.cli.train import train
-from lmdisc.cli.train_disc import train_discriminator
+from lmdisc.cli.train_disc import score_discriminator, train_discriminator
 from lmdisc.errors import LmdiscError
 
 pytestmark = pytest.mark.slow
@@ -104,6 +105,42 @@ def test_train_disc_refuses_a_discriminator_as_lm(trained_disc, tmp_path):
     cfg = compose_train(tmp_path, disc_overrides(trained_disc["checkpoint"]), "train_disc")
     with pytest.raises(LmdiscError, match="is a discriminator checkpoint"):
         train_discriminator(cfg)
+
+
+def test_scoring_a_saved_discriminator_reproduces_its_metrics_without_training(
+    trained_run, trained_disc, tmp_path
+):
+    run_dir, _ = trained_run
+    # the split is the discriminator's own (heldout), whatever the command line says
+    overrides = [
+        *disc_overrides(run_dir / "checkpoints" / "best.ckpt"),
+        f"disc_ckpt={trained_disc['checkpoint']}",
+        "discriminator.train_split=train",
+    ]
+    scored = score_discriminator(compose_train(tmp_path, overrides, "train_disc"))
+    for key in ("val/disc_bce", "val/disc_acc", "val/disc_auc", "val/kl_q0_p"):
+        assert scored[key] == pytest.approx(trained_disc[key], abs=1e-5)
+    assert scored["scored_only"] and scored["train_split"] == "heldout"
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["val/disc_bce"] == scored["val/disc_bce"]
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_scoring_refuses_a_discriminator_of_another_lm_or_an_lm_as_discriminator(
+    trained_run, trained_disc, tmp_path
+):
+    lm_path = trained_run[0] / "checkpoints" / "best.ckpt"
+    other = torch.load(lm_path, weights_only=True)
+    key = next(k for k in other["state_dict"] if k.endswith("decoder.bias"))
+    other["state_dict"][key] = other["state_dict"][key] + 0.01
+    torch.save(other, tmp_path / "other_lm.ckpt")
+    against_other = [*disc_overrides(tmp_path / "other_lm.ckpt"), f"disc_ckpt={trained_disc['checkpoint']}"]
+    with pytest.raises(LmdiscError, match="was trained against the LM"):
+        score_discriminator(compose_train(tmp_path, against_other, "train_disc"))
+    an_lm = [*disc_overrides(lm_path), f"disc_ckpt={lm_path}"]
+    with pytest.raises(LmdiscError, match="not a discriminator checkpoint"):
+        score_discriminator(compose_train(tmp_path, an_lm, "train_disc"))
 
 
 def test_refresh_resets_q0_to_the_current_model_and_retrains_the_discriminator(

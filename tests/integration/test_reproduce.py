@@ -18,19 +18,21 @@ def _quoted(items: list[str]) -> str:
     return "[" + ",".join(f'"{item}"' for item in items) + "]"
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, tiny_corpus):
-    tmp = tmp_path_factory.mktemp("reproduce")
-    overrides = [
+def _pipeline_overrides(corpus, seeds: str = "[1,2]") -> list[str]:
+    return [
         "jobs=2",
-        f"pipeline.common={_quoted([*TINY_DATA, f'data.path={tiny_corpus}'])}",
+        f"pipeline.common={_quoted([*TINY_DATA, f'data.path={corpus}'])}",
         f"pipeline.base.overrides={_quoted(['trainer.max_epochs=2', 'optim.optimizer.lr=5'])}",
         f"pipeline.discriminator.overrides={_quoted(['discriminator.train_split=heldout', 'trainer.max_epochs=2'])}",
         "pipeline.finetune.lrs=[0.5]",
-        "pipeline.finetune.seeds=[1,2]",
+        f"pipeline.finetune.seeds={seeds}",
         f"device={_quoted(['trainer.accelerator=cpu', 'trainer.enable_progress_bar=false'])}",
     ]
-    cfg = compose_train(tmp, overrides, "reproduce")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_corpus):
+    cfg = compose_train(tmp_path_factory.mktemp("reproduce"), _pipeline_overrides(tiny_corpus), "reproduce")
     return cfg, reproduce(cfg)
 
 
@@ -61,6 +63,23 @@ def test_pipeline_resumes_without_rerunning_finished_stages(pipeline_run, capsys
     reproduce(cfg)
     assert "[run ]" not in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in report.parent.rglob("metrics.json")}
+
+
+def test_pipeline_scores_a_given_discriminator_instead_of_training_one(pipeline_run, tiny_corpus, tmp_path):
+    _, report = pipeline_run
+    first = json.loads((report.parent / "results.json").read_text())
+    overrides = [
+        *_pipeline_overrides(tiny_corpus, seeds="[1]"),
+        f"pipeline.base.ckpt={first['base_checkpoint']}",
+        f"pipeline.discriminator.ckpt={first['discriminator']['checkpoint']}",
+        "~pipeline.finetune.arms.ce",
+        "~pipeline.finetune.arms.control",
+    ]
+    text = reproduce(compose_train(tmp_path, overrides, "reproduce")).read_text()
+    assert "Given (scored here, not trained)" in text and "| rkl_disc | 0.5 |" in text
+    scored = json.loads((tmp_path / "run" / "results.json").read_text())["discriminator"]
+    assert scored["val/disc_bce"] == pytest.approx(first["discriminator"]["val/disc_bce"], abs=1e-5)
+    assert not (tmp_path / "run" / "discriminator" / "checkpoints").exists()
 
 
 def test_train_refuses_a_pipeline_experiment(tmp_path):

@@ -1,4 +1,5 @@
-"""`python train_disc.py lm_ckpt=PATH`: train a discriminator against a frozen language model."""
+"""`python train_disc.py lm_ckpt=PATH`: train a discriminator against a frozen language model
+(or, with `disc_ckpt=PATH`, score one already trained)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lmdisc.checkpoint import (
     check_same_vocab,
     checkpoint_vocab,
     load_checkpoint,
+    load_discriminator_of,
     weights_sha256,
 )
 from lmdisc.errors import LmdiscError
@@ -35,7 +37,7 @@ from .common import (
 )
 
 
-def _datamodule(cfg: DictConfig, lm_ckpt: dict):
+def _datamodule(cfg: DictConfig, lm_ckpt: dict, disc_cfg: DictConfig):
     # resolve a given data config in its own context (it interpolates paths.data_dir, seed, ...)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
     data_cfg = data_cfg or lm_ckpt["lmdisc"].get("config", {}).get("data")
@@ -47,31 +49,58 @@ def _datamodule(cfg: DictConfig, lm_ckpt: dict):
         OmegaConf.create(OmegaConf.to_container(OmegaConf.create(data_cfg), resolve=True)),
         cfg.get("data_overrides") or {},
     )
-    disc = cfg.discriminator
     return instantiate(
-        data_cfg, train_split=disc.train_split, heldout_fraction=disc.heldout_fraction, train_eval_tokens=0
+        data_cfg,
+        train_split=disc_cfg.train_split,
+        heldout_fraction=disc_cfg.heldout_fraction,
+        train_eval_tokens=0,
     )
 
 
-def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
+def _frozen_lm(cfg: DictConfig, disc_cfg: DictConfig):
+    """The LM (q_0), its fingerprint, and the corpus split the way `disc_cfg` says."""
     if not cfg.get("lm_ckpt"):
         raise LmdiscError("train_disc.py needs the language model: python train_disc.py lm_ckpt=PATH")
-    require_positive(cfg, "optim.optimizer.lr", "trainer.max_epochs", "discriminator.k")
     lm_ckpt = load_checkpoint(cfg.lm_ckpt)
     if lm_ckpt["lmdisc"].get("kind") == "discriminator":
         raise LmdiscError(f"{cfg.lm_ckpt} is a discriminator checkpoint; lm_ckpt must be a language model")
-    output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = _datamodule(cfg, lm_ckpt)
-    vocab = datamodule.vocab.words
-    check_same_vocab(checkpoint_vocab(lm_ckpt), vocab, what=f"LM checkpoint {cfg.lm_ckpt}")
+    datamodule = _datamodule(cfg, lm_ckpt, disc_cfg)
+    check_same_vocab(checkpoint_vocab(lm_ckpt), datamodule.vocab.words, what=f"LM checkpoint {cfg.lm_ckpt}")
     lm = build_model(lm_ckpt)
     lm_info = {
         "path": str(Path(cfg.lm_ckpt).resolve()),
         "sha256": weights_sha256(lm.state_dict()),
         "model": lm_ckpt["lmdisc"]["config"]["model"],
     }
+    if disc_cfg.train_split == "heldout":
+        rank_zero_info(
+            f"discriminator.train_split=heldout: training on the first {disc_cfg.heldout_fraction:.0%} of the "
+            f"validation text; val/disc_* are measured on the remaining {1 - disc_cfg.heldout_fraction:.0%} only"
+        )
+    return lm, lm_info, datamodule
+
+
+def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+    loggers = instantiate_loggers(cfg)
+    return instantiate(
+        cfg.trainer,
+        callbacks=[*callbacks, *instantiate_callbacks(cfg, bool(loggers))],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
+    require_positive(cfg, "optim.optimizer.lr", "trainer.max_epochs", "discriminator.k")
     disc_cfg = cfg.discriminator
+    lm, lm_info, datamodule = _frozen_lm(cfg, disc_cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    vocab = datamodule.vocab.words
     discriminator = build_discriminator(
         disc_cfg.encoder,
         len(vocab),
@@ -91,11 +120,6 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
         lm_info,
         run_config,
     )
-    if disc_cfg.train_split == "heldout":
-        rank_zero_info(
-            f"discriminator.train_split=heldout: training on the first {disc_cfg.heldout_fraction:.0%} of the "
-            f"validation text; val/disc_* are measured on the remaining {1 - disc_cfg.heldout_fraction:.0%} only"
-        )
     checkpoint = BoundedCheckpoint(
         bound=ZERO_HEAD_BCE,
         dirpath=str(output_dir / "checkpoints"),
@@ -105,15 +129,9 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
         save_last=False,
         auto_insert_metric_name=False,
     )
-    loggers = instantiate_loggers(cfg)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[checkpoint, *instantiate_callbacks(cfg, bool(loggers))],
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer = _trainer(cfg, [checkpoint])
     trainer.fit(module, datamodule=datamodule)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = _val_metrics(trainer)
     metrics.update(
         {"lm": lm_info["path"], "lm_sha256": lm_info["sha256"], "train_split": disc_cfg.train_split}
     )
@@ -131,7 +149,7 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
             verbose=False,
             weights_only=True,
         )
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        metrics.update(_val_metrics(trainer))
         metrics.update(
             {
                 "checkpoint": checkpoint.best_model_path,
@@ -144,9 +162,47 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
+    """`train_disc.py lm_ckpt=LM disc_ckpt=DISC`: validate a trained discriminator, no training.
+
+    The split comes from the discriminator's own config, so a `heldout` one is scored on the
+    part of the validation text it did not train on.
+    """
+    disc_path = str(Path(cfg.disc_ckpt).resolve())
+    saved = load_checkpoint(disc_path)["lmdisc"]
+    if saved.get("kind") != "discriminator":
+        raise LmdiscError(
+            f"disc_ckpt={cfg.disc_ckpt} is not a discriminator checkpoint (written by train_disc.py)"
+        )
+    saved_cfg = OmegaConf.create(saved["config"]["discriminator"])
+    lm, lm_info, datamodule = _frozen_lm(cfg, saved_cfg)
+    discriminator, _ = load_discriminator_of(disc_path, lm, datamodule.vocab.words, cfg.lm_ckpt)
+    module = DiscriminatorModule(
+        lm, discriminator, instantiate(cfg.optim.optimizer), saved_cfg.negatives, saved_cfg.k
+    )
+    trainer = _trainer(cfg, [])
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = _val_metrics(trainer)
+    metrics.update(
+        {
+            "lm": lm_info["path"],
+            "lm_sha256": lm_info["sha256"],
+            "train_split": saved_cfg.train_split,
+            "checkpoint": disc_path,
+            "best_val_disc_bce": metrics["val/disc_bce"],
+            "scored_only": True,
+        }
+    )
+    if trainer.is_global_zero:
+        atomic_write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
+    close_loggers()
+    return metrics
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
 def main(cfg: DictConfig) -> float | None:
-    return train_discriminator(cfg).get("best_val_disc_bce")
+    run = score_discriminator if cfg.get("disc_ckpt") else train_discriminator
+    return run(cfg).get("best_val_disc_bce")
 
 
 if __name__ == "__main__":

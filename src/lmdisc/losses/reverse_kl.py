@@ -167,12 +167,7 @@ def reverse_kl_from_checkpoints(
     `discriminator=none` is the control arm (s ≡ 0: CE + λ·KL(q_θ‖q_0)). A discriminator trained
     against another LM (by weight fingerprint) or with another vocabulary is refused.
     """
-    from lmdisc.checkpoint import (
-        build_model,
-        load_checkpoint,
-        load_discriminator,
-        weights_sha256,
-    )
+    from lmdisc.checkpoint import build_model, load_checkpoint, load_discriminator_of
     from lmdisc.errors import LmdiscError
 
     if not reference_ckpt:
@@ -188,15 +183,7 @@ def reverse_kl_from_checkpoints(
             "loss=rkl_disc needs loss.discriminator_ckpt=PATH (from train_disc.py), or loss.discriminator=none "
             "for the s = 0 control"
         )
-    disc, disc_ckpt = load_discriminator(discriminator_ckpt)
-    if disc_ckpt["lmdisc"]["vocab"] != reference["lmdisc"]["vocab"]:
-        raise LmdiscError(f"discriminator {discriminator_ckpt} has another vocabulary than {reference_ckpt}")
-    expected = weights_sha256(q0.state_dict())
-    trained_against = disc_ckpt["lmdisc"]["lm"]
-    if trained_against.get("sha256") != expected:
-        raise LmdiscError(
-            f"discriminator {discriminator_ckpt} was trained against the LM {trained_against.get('path')} "
-            f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {reference_ckpt} "
-            f"({expected[:12]}…); train one with train_disc.py lm_ckpt={reference_ckpt}"
-        )
+    disc, disc_ckpt = load_discriminator_of(
+        discriminator_ckpt, q0, reference["lmdisc"]["vocab"], reference_ckpt
+    )
     return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"]["discriminator"])

@@ -136,7 +136,8 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
     lines += [
         "## Discriminator",
         "",
-        f"Trained on the `{disc.get('train_split')}` split against the base. Zero head: BCE 2 ln 2 = 1.3863, AUC 0.5.",
+        f"{'Given (scored here, not trained)' if disc.get('scored_only') else 'Trained'}: `{disc.get('checkpoint')}`, "
+        f"on the `{disc.get('train_split')}` split against the base. Zero head: BCE 2 ln 2 = 1.3863, AUC 0.5.",
         "",
         "| val BCE | val acc | val AUC | estimated KL(q0‖p) (nats) |",
         "|---|---|---|---|",

@@ -129,12 +129,12 @@ class Pipeline:
         return Stage("base_eval", "eval", overrides, self.out_dir / "base_eval")
 
     def disc_stage(self, base_ckpt: str) -> Stage:
-        overrides = self._overrides(
-            self._data_overrides(),
-            [f"lm_ckpt={base_ckpt}"],
-            self.cfg["discriminator"]["overrides"],
-            self.cfg["device"],
-        )
+        """Train the discriminator, or, given `pipeline.discriminator.ckpt`, only score that one."""
+        given = self.cfg["discriminator"].get("ckpt")
+        if given and not Path(given).is_file():
+            raise LmdiscError(f"pipeline.discriminator.ckpt={given} does not exist")
+        how = [f"disc_ckpt={Path(given).resolve()}"] if given else self.cfg["discriminator"]["overrides"]
+        overrides = self._overrides(self._data_overrides(), [f"lm_ckpt={base_ckpt}"], how, self.cfg["device"])
         return Stage("discriminator", "train_disc", overrides, self.out_dir / "discriminator")
 
     def finetune_stages(self, base_ckpt: str, disc_ckpt: str) -> list[Stage]:
