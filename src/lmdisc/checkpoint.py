@@ -77,6 +77,7 @@ def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any
         disc_cfg.get("mlp_size", 0),
         disc_cfg.get("dropout", 0.0),
         disc_cfg.get("lstm"),
+        ckpt["state_dict"].get("discriminator.word_class"),
     )
     prefix = "discriminator."
     disc.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})

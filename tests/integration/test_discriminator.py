@@ -43,6 +43,32 @@ def test_train_disc_fast_dev_run(trained_run, tmp_path, encoder, negatives):
     assert metrics["train_split"] == "heldout"
 
 
+def test_frequency_class_discriminator_trains_scores_and_drives_rkl_disc(trained_run, tiny_corpus, tmp_path):
+    lm_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    overrides = [
+        *disc_overrides(lm_ckpt, "freq_class"),
+        "optim.optimizer.lr=0.01",
+        "trainer.max_epochs=5",
+    ]
+    metrics = train_discriminator(compose_train(tmp_path / "disc", overrides, "train_disc"))
+    assert metrics["best_val_disc_bce"] < 2 * torch.log(torch.tensor(2.0)).item()
+    assert metrics["train_split"] == "heldout"  # freq_class's default
+    saved = torch.load(metrics["checkpoint"], weights_only=True)["state_dict"]
+    assert set(saved) == {"discriminator.word_class", "discriminator.class_logit"}
+    scored = score_discriminator(
+        compose_train(
+            tmp_path / "score", [*disc_overrides(lm_ckpt), f"disc_ckpt={metrics['checkpoint']}"], "train_disc"
+        )
+    )
+    assert scored["val/disc_bce"] == pytest.approx(metrics["val/disc_bce"], abs=1e-5)
+    tuned = [
+        *rkl_overrides(tiny_corpus, lm_ckpt, metrics["checkpoint"]),
+        "trainer.fast_dev_run=true",
+        "logger=none",
+    ]
+    assert train(compose_train(tmp_path / "tune", tuned))["global_step"] == 1
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("arm", ["ckpt", "none"])
 def test_rkl_disc_fine_tuning_runs(trained_run, trained_disc, tiny_corpus, tmp_path, precision, arm):

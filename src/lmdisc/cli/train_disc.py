@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from lmdisc.analysis.frequency import FrequencyBuckets
 from lmdisc.callbacks import BoundedCheckpoint
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
@@ -108,6 +109,7 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
         disc_cfg.mlp_size,
         disc_cfg.dropout,
         OmegaConf.to_container(disc_cfg.lstm, resolve=True) if disc_cfg.get("lstm") else None,
+        FrequencyBuckets(datamodule.load()["train"], len(vocab)).bucket_of_word,
     )
     run_config = save_resolved_config(cfg, output_dir)
     module = DiscriminatorModule(

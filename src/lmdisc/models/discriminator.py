@@ -6,7 +6,10 @@ starts at 0. Encoders:
 - `LSTMEncoder`: its own embedding + LSTM (size of your choice);
 - `LMBodyEncoder(trainable=True)`: a copy of the LM body, warm-started from the LM;
 - `LMBodyEncoder(trainable=False)`: the frozen LM's features (optionally followed by an MLP in
-  the discriminator), the fewest trainable parameters, so the least room to over-fit.
+  the discriminator), the fewest trainable parameters of the contextual ones.
+`FrequencyClassDiscriminator` has no encoder: one logit per training-frequency class of the
+next word, the same in every context, so it can only learn how q_0 mis-weights whole classes
+(rare words, say), but it learns that from little held-out text without over-fitting.
 """
 
 from __future__ import annotations
@@ -107,7 +110,28 @@ class Discriminator(nn.Module):
         return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-ENCODERS = ("lstm", "lm_copy", "lm_frozen")
+class FrequencyClassDiscriminator(nn.Module):
+    """s(c)_v = β[class(v)], class(v) = the training-frequency class of word v (a buffer, saved).
+
+    At the optimum β_k = log(N_k / M_k): how many held-out next words fall in class k, over how
+    much probability q_0 puts on class k. The same interface as `Discriminator`.
+    """
+
+    def __init__(self, word_class: torch.Tensor):
+        super().__init__()
+        self.vocab_size = word_class.numel()
+        self.register_buffer("word_class", word_class.long().clone())
+        self.class_logit = nn.Parameter(torch.zeros(int(word_class.max()) + 1))
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        s = self.class_logit[self.word_class]
+        return s.expand(*tokens.shape, self.vocab_size), state, {}
+
+    def shares_body_with(self, lm: nn.Module) -> bool:
+        return False
+
+
+ENCODERS = ("lstm", "lm_copy", "lm_frozen", "freq_class")
 
 
 def build_discriminator(
@@ -117,8 +141,16 @@ def build_discriminator(
     mlp_size: int = 0,
     dropout: float = 0.0,
     lstm: dict | None = None,
-) -> Discriminator:
-    """The discriminator named by `discriminator.encoder` (see the module docstring)."""
+    word_class: torch.Tensor | None = None,
+) -> Discriminator | FrequencyClassDiscriminator:
+    """The discriminator named by `discriminator.encoder` (see the module docstring);
+    `freq_class` needs `word_class`, each word id's training-frequency class."""
+    if encoder == "freq_class":
+        if word_class is None or word_class.numel() != vocab_size:
+            raise ValueError(
+                f"encoder 'freq_class' needs the frequency class of each of the {vocab_size} words"
+            )
+        return FrequencyClassDiscriminator(word_class)
     if encoder == "lstm":
         enc = LSTMEncoder(vocab_size, **(lstm or {}))
     elif encoder in ("lm_copy", "lm_frozen"):

@@ -11,7 +11,6 @@ import torch
 
 from lmdisc.losses.discriminator import NEGATIVES, discriminator_bce, discriminator_stats
 from lmdisc.models.base import detach_state
-from lmdisc.models.discriminator import Discriminator
 
 ZERO_HEAD_BCE = 2 * math.log(2)
 
@@ -26,7 +25,7 @@ class DiscriminatorModule(L.LightningModule):
     def __init__(
         self,
         lm: torch.nn.Module,
-        discriminator: Discriminator,
+        discriminator: torch.nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         negatives: str = "exact",
         k: int = 8,
