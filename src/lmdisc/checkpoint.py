@@ -84,24 +84,21 @@ def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any
     return disc, ckpt
 
 
-def load_discriminator_of(
-    path: str | Path, lm: torch.nn.Module, vocab: list[str], lm_name: str
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A discriminator checked against the LM it will be used with: the same vocabulary, and
-    trained against exactly these weights (by fingerprint), since s estimates log p − log q_0."""
-    disc, ckpt = load_discriminator(path)
+def check_discriminator_of(
+    ckpt: dict[str, Any], disc_name: str, lm_sha256: str, vocab: list[str], lm_name: str
+) -> None:
+    """Refuse a discriminator checkpoint for an LM it was not trained against: it must have the
+    same vocabulary and these very weights (by fingerprint), since s estimates log p − log q_0."""
     detail = vocab_difference(checkpoint_vocab(ckpt), vocab, "in the discriminator", f"in {lm_name}")
     if detail:
-        raise LmdiscError(f"discriminator {path} has another vocabulary than {lm_name} ({detail})")
-    expected = weights_sha256(lm.state_dict())
+        raise LmdiscError(f"discriminator {disc_name} has another vocabulary than {lm_name} ({detail})")
     trained_against = ckpt["lmdisc"]["lm"]
-    if trained_against.get("sha256") != expected:
+    if trained_against.get("sha256") != lm_sha256:
         raise LmdiscError(
-            f"discriminator {path} was trained against the LM {trained_against.get('path')} "
+            f"discriminator {disc_name} was trained against the LM {trained_against.get('path')} "
             f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {lm_name} "
-            f"({expected[:12]}…); train one with train_disc.py lm_ckpt={lm_name}"
+            f"({lm_sha256[:12]}…); train one with train_disc.py lm_ckpt={lm_name}"
         )
-    return disc, ckpt
 
 
 def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:

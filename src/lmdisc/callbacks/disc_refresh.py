@@ -27,7 +27,7 @@ def retrain_discriminator(rkl: ReverseKLLoss, loader, epochs: int, lr: float, de
     disc, lm = rkl.discriminator, rkl.reference.to(device).eval()
     cfg = rkl.discriminator_config
     disc.to(device).train().requires_grad_(True)
-    encoder = getattr(disc, "encoder", None)  # a frequency-class discriminator has none
+    encoder = disc.encoder
     if isinstance(encoder, LMBodyEncoder) and not encoder.trainable:
         encoder.body.requires_grad_(False)
     params = [p for p in disc.parameters() if p.requires_grad]
@@ -85,7 +85,7 @@ class DiscriminatorRefresh(Callback):
         rkl = find_reverse_kl(pl_module.loss_fn)
         weights = pl_module.model.state_dict()
         rkl.reference.load_state_dict(weights)
-        encoder = getattr(rkl.discriminator, "encoder", None)
+        encoder = rkl.discriminator.encoder
         if isinstance(encoder, LMBodyEncoder):
             encoder.body.load_state_dict(weights)
         cfg = rkl.discriminator_config

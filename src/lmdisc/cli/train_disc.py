@@ -17,10 +17,11 @@ from lmdisc.callbacks import BoundedCheckpoint
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
     build_model,
+    check_discriminator_of,
     check_same_vocab,
     checkpoint_vocab,
     load_checkpoint,
-    load_discriminator_of,
+    load_discriminator,
     weights_sha256,
 )
 from lmdisc.errors import LmdiscError
@@ -102,6 +103,9 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
     lm, lm_info, datamodule = _frozen_lm(cfg, disc_cfg)
     output_dir = Path(cfg.paths.output_dir)
     vocab = datamodule.vocab.words
+    word_class = None  # freq_class: each word's training-frequency class
+    if disc_cfg.encoder == "freq_class":
+        word_class = FrequencyBuckets(datamodule.load()["train"], len(vocab)).bucket_of_word
     discriminator = build_discriminator(
         disc_cfg.encoder,
         len(vocab),
@@ -109,7 +113,7 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
         disc_cfg.mlp_size,
         disc_cfg.dropout,
         OmegaConf.to_container(disc_cfg.lstm, resolve=True) if disc_cfg.get("lstm") else None,
-        FrequencyBuckets(datamodule.load()["train"], len(vocab)).bucket_of_word,
+        word_class,
     )
     run_config = save_resolved_config(cfg, output_dir)
     module = DiscriminatorModule(
@@ -171,14 +175,10 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
     part of the validation text it did not train on.
     """
     disc_path = str(Path(cfg.disc_ckpt).resolve())
-    saved = load_checkpoint(disc_path)["lmdisc"]
-    if saved.get("kind") != "discriminator":
-        raise LmdiscError(
-            f"disc_ckpt={cfg.disc_ckpt} is not a discriminator checkpoint (written by train_disc.py)"
-        )
-    saved_cfg = OmegaConf.create(saved["config"]["discriminator"])
+    discriminator, saved = load_discriminator(disc_path)
+    saved_cfg = OmegaConf.create(saved["lmdisc"]["config"]["discriminator"])
     lm, lm_info, datamodule = _frozen_lm(cfg, saved_cfg)
-    discriminator, _ = load_discriminator_of(disc_path, lm, datamodule.vocab.words, cfg.lm_ckpt)
+    check_discriminator_of(saved, disc_path, lm_info["sha256"], datamodule.vocab.words, cfg.lm_ckpt)
     module = DiscriminatorModule(
         lm, discriminator, instantiate(cfg.optim.optimizer), saved_cfg.negatives, saved_cfg.k
     )

@@ -167,7 +167,13 @@ def reverse_kl_from_checkpoints(
     `discriminator=none` is the control arm (s ≡ 0: CE + λ·KL(q_θ‖q_0)). A discriminator trained
     against another LM (by weight fingerprint) or with another vocabulary is refused.
     """
-    from lmdisc.checkpoint import build_model, load_checkpoint, load_discriminator_of
+    from lmdisc.checkpoint import (
+        build_model,
+        check_discriminator_of,
+        load_checkpoint,
+        load_discriminator,
+        weights_sha256,
+    )
     from lmdisc.errors import LmdiscError
 
     if not reference_ckpt:
@@ -183,7 +189,12 @@ def reverse_kl_from_checkpoints(
             "loss=rkl_disc needs loss.discriminator_ckpt=PATH (from train_disc.py), or loss.discriminator=none "
             "for the s = 0 control"
         )
-    disc, disc_ckpt = load_discriminator_of(
-        discriminator_ckpt, q0, reference["lmdisc"]["vocab"], reference_ckpt
+    disc, disc_ckpt = load_discriminator(discriminator_ckpt)
+    check_discriminator_of(
+        disc_ckpt,
+        discriminator_ckpt,
+        weights_sha256(q0.state_dict()),
+        reference["lmdisc"]["vocab"],
+        reference_ckpt,
     )
     return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"]["discriminator"])

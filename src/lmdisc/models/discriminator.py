@@ -117,6 +117,8 @@ class FrequencyClassDiscriminator(nn.Module):
     much probability q_0 puts on class k. The same interface as `Discriminator`.
     """
 
+    encoder = None  # no context encoder, so nothing to follow when q_0 is refreshed
+
     def __init__(self, word_class: torch.Tensor):
         super().__init__()
         self.vocab_size = word_class.numel()
