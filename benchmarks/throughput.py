@@ -10,6 +10,8 @@ Prints tokens/s of the plain loop (with the first loss) and of our module with e
 ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
 allocated). Every configuration runs `--repeats` times, interleaved, and its median run is
 reported (all runs are printed), so one background hiccup does not decide a ratio.
+It runs under glibc's default allocator: the CLIs' keep_freed_memory is measured by
+benchmarks/allocator.py.
 """
 
 from __future__ import annotations

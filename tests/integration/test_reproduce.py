@@ -8,6 +8,8 @@ from helpers import compose_train
 from lmdisc.cli.reproduce import reproduce
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError
+from lmdisc.reproduce.report import val_curve
+from lmdisc.reproduce.stages import Stage, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +65,26 @@ def test_pipeline_resumes_without_rerunning_finished_stages(pipeline_run, capsys
     reproduce(cfg)
     assert "[run ]" not in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in report.parent.rglob("metrics.json")}
+
+
+def test_an_interrupted_training_stage_goes_on_from_its_last_checkpoint(tiny_corpus, tmp_path):
+    out_dir = tmp_path / "stage"
+    stale = out_dir / "csv" / "version_0" / "metrics.csv"  # a run killed before its first checkpoint
+    stale.parent.mkdir(parents=True)
+    stale.write_text("step,val/ppl\n0,1e9\n")
+    common = [*TINY_DATA, f"data.path={tiny_corpus}", "trainer.enable_progress_bar=false", "evaluate=false"]
+    lines = []
+    first = run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=1"], out_dir), log=lines.append)
+    assert lines[0].startswith("[clear] ft") and first["epochs"] == 1
+    (out_dir / "metrics.json").unlink()  # as if it had been stopped after its first epoch of two
+    lines.clear()
+    second = run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=2"], out_dir), log=lines.append)
+    assert lines[0].startswith("[resume] ft") and "ckpt_path=" in lines[0]
+    assert second["epochs"] == 2 and second["global_step"] == 2 * first["global_step"]
+    assert (out_dir / "csv" / "version_1").is_dir()  # the resumed run logs beside the first
+    curve = val_curve(str(out_dir))  # both runs' validations; the stale log was removed
+    assert len(curve) == 2 and curve[0][0] < first["global_step"] <= curve[1][0]
+    assert all(ppl < 1e9 for _, ppl in curve)
 
 
 def test_pipeline_scores_a_given_discriminator_instead_of_training_one(pipeline_run, tiny_corpus, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmdisc.allocator import keep_freed_memory
 from lmdisc.checkpoint import build_model, check_same_vocab, checkpoint_vocab, load_checkpoint
 from lmdisc.data import Vocabulary
 from lmdisc.errors import LmdiscError
@@ -72,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     evaluate(cfg)
 
 

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmdisc.allocator import keep_freed_memory
 from lmdisc.callbacks import DiscriminatorRefresh
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
@@ -141,6 +142,7 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     torch.set_float32_matmul_precision("high")
     metrics = train(cfg)
     return metrics.get("val/ppl")

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from lmdisc.allocator import keep_freed_memory
 from lmdisc.analysis.frequency import FrequencyBuckets
 from lmdisc.callbacks import BoundedCheckpoint
 from lmdisc.checkpoint import (
@@ -203,6 +204,7 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
 def main(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     run = score_discriminator if cfg.get("disc_ckpt") else train_discriminator
     return run(cfg).get("best_val_disc_bce")
 

@@ -27,12 +27,17 @@ def _pm(values: list[float], digits: int = 2) -> str:
 
 @functools.cache
 def _csv_rows(run_dir: str) -> list[dict]:
-    """A run's CSV log, read once (the curves and the moved mass both need it)."""
-    path = Path(run_dir) / "csv" / "version_0" / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    """A run's CSV log, read once (the curves and the moved mass both need it). A resumed run logs
+    to the next csv/version_N; its rows replace the earlier ones from the step it resumed at."""
+    versions = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    rows: list[dict] = []
+    for path in versions:
+        with open(path, encoding="utf-8") as handle:
+            later = list(csv.DictReader(handle))
+        if later:
+            resumed_at = min(int(r["step"]) for r in later)
+            rows = [r for r in rows if int(r["step"]) < resumed_at] + later
+    return rows
 
 
 def val_curve(run_dir: str) -> list[tuple[int, float]]:

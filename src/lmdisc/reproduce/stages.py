@@ -1,12 +1,15 @@
 """The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
 directory and process. A stage whose metrics.json exists is done and skipped, so re-running the
-same command resumes an interrupted pipeline; fine-tuning runs may run `jobs` at a time.
+same command resumes an interrupted pipeline; an interrupted training stage goes on from its
+last.ckpt (the last finished epoch), any other is run again from scratch. Fine-tuning runs may run
+`jobs` at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,12 +42,20 @@ class Stage:
     def metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text())
 
+    @property
+    def resume_checkpoint(self) -> Path | None:
+        """An interrupted training run's last.ckpt, to go on from."""
+        last = self.out_dir / "checkpoints" / "last.ckpt"
+        return last if self.entry == "train" and last.is_file() else None
+
     def command(self) -> list[str]:
+        resume = self.resume_checkpoint
         return [
             sys.executable,
             "-m",
             ENTRY_POINTS[self.entry],
             *self.overrides,
+            *([f"ckpt_path={resume}"] if resume else []),
             f"hydra.run.dir={self.out_dir}",
         ]
 
@@ -61,10 +72,14 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
     if stage.done:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
         return stage.metrics()
+    resume = stage.resume_checkpoint
+    if resume is None and stage.out_dir.exists():
+        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run with nothing to resume")
+        shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[run ] {stage.name}: {' '.join(stage.command()[2:])}")
+    log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(stage.command()[2:])}")
     start = time.perf_counter()
-    with open(stage.out_dir / "stage.log", "w", encoding="utf-8") as out:
+    with open(stage.out_dir / "stage.log", "a" if resume else "w", encoding="utf-8") as out:
         code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
     if code != 0 or not stage.done:
         tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
