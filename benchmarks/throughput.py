@@ -10,8 +10,8 @@ Prints tokens/s of the plain loop (with the first loss) and of our module with e
 ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
 allocated). Every configuration runs `--repeats` times, interleaved, and its median run is
 reported (all runs are printed), so one background hiccup does not decide a ratio.
-It runs under glibc's default allocator: the CLIs' keep_freed_memory is measured by
-benchmarks/allocator.py.
+Like the CLIs it keeps freed CPU memory in the process (lmdisc/allocator.py);
+LMDISC_KEEP_FREED_MEMORY=0 measures under glibc's default instead.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from lmdisc.allocator import heap_in_use_bytes, keep_freed_memory
 from lmdisc.cli import CONF_DIR
 from lmdisc.data import LMDataModule
 from lmdisc.losses import BatchContext
@@ -36,28 +37,32 @@ from lmdisc.modules import LanguageModel
 
 
 class PeakMemory:
-    """Peak memory while the block runs: CUDA max allocated, or on CPU the growth of the resident
-    set over its value at entry, sampled every 5 ms from /proc/self/statm."""
+    """Peak memory while the block runs: CUDA max allocated, or on CPU the growth of the heap in use
+    (glibc's mallinfo2; the resident set elsewhere) over its value at entry, sampled every 5 ms.
+    The resident set would hide the growth of a run that reuses memory kept from an earlier one."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_mb = 0.0
 
     @staticmethod
-    def _rss_mb() -> float:
+    def _cpu_mb() -> float:
+        in_use = heap_in_use_bytes()
+        if in_use is not None:
+            return in_use / 2**20
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._max = max(self._max, self._rss_mb())
+            self._max = max(self._max, self._cpu_mb())
             time.sleep(0.005)
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         else:
-            self._start = self._max = self._rss_mb()
+            self._start = self._max = self._cpu_mb()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -132,6 +137,7 @@ def main() -> None:
     )
     parser.add_argument("--disc-ckpt", default=None, help="discriminator checkpoint for rkl_disc")
     args = parser.parse_args()
+    kept = keep_freed_memory()
 
     losses = args.losses.split(",")
     overrides = [
@@ -162,7 +168,7 @@ def main() -> None:
     print(
         f"model={args.model} params={sum(p.numel() for p in template.parameters()) / 1e6:.1f}M "
         f"steps={len(batches)} batch={args.batch_size} bptt={args.bptt} threads={torch.get_num_threads()} "
-        f"device={device}"
+        f"device={device} keep_freed_memory={kept}"
     )
 
     names = ["plain", *(f"ours[{loss}]" for loss in losses)]
@@ -192,7 +198,13 @@ def main() -> None:
             del module
 
     best = {name: statistics.median(runs) for name, runs in results.items()}
-    unit = "CUDA max allocated" if device.type == "cuda" else "growth of resident memory"
+    unit = (
+        "CUDA max allocated"
+        if device.type == "cuda"
+        else "growth of heap in use"
+        if heap_in_use_bytes() is not None
+        else "growth of resident memory"
+    )
     for name in names:
         runs = ", ".join(f"{r:,.0f}" for r in results[name])
         print(f"{name:<16} {best[name]:10,.0f} tokens/s   peak {peaks[name]:7.0f} MB ({unit})   runs: {runs}")

@@ -48,3 +48,18 @@ def test_opt_out_keeps_glibc_default():
     applied, faults = _probe("0")
     assert not applied
     assert faults > 8 * 16_384 * 0.9  # the default allocator maps every round afresh
+
+
+@glibc_only
+def test_heap_in_use_counts_a_tensor_until_it_is_freed():
+    import torch
+
+    from lmdisc.allocator import heap_in_use_bytes
+
+    before = heap_in_use_bytes()
+    tensor = torch.ones(16 * 2**20)  # 64 MB
+    held = heap_in_use_bytes()
+    del tensor
+    after = heap_in_use_bytes()
+    assert held - before == pytest.approx(64 * 2**20, rel=0.01)
+    assert abs(after - before) < 2**20

@@ -35,12 +35,12 @@ class _ReverseKLTerm(torch.autograd.Function):
     q = softmax(z), with the closed-form gradient ∂T/∂z_j = q_j (d_j − T).
 
     Autograd through log_softmax, exp, the product and the sum makes several extra passes over the
-    [B, T, V] tensors; this takes one, and it reuses the step's shared log-probs.
+    [B, T, V] tensors; this takes one, and it reuses the step's shared log-probs. Its backward
+    overwrites d (made for it alone), so the graph cannot be run backward twice.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, log_q: torch.Tensor, q: torch.Tensor, c: torch.Tensor):
-        d = log_q - c
+    def forward(ctx, logits: torch.Tensor, q: torch.Tensor, d: torch.Tensor):
         per_position = (q * d).sum(-1)  # (linalg.vecdot runs as a slow batched gemv on CPU)
         ctx.save_for_backward(q, d, per_position)
         ctx.logits_dtype = logits.dtype
@@ -49,9 +49,8 @@ class _ReverseKLTerm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, d, per_position = ctx.saved_tensors
-        grad_logits = q * (d - per_position.unsqueeze(-1))
-        grad_logits.mul_(grad.unsqueeze(-1))
-        return grad_logits.to(ctx.logits_dtype), None, None, None
+        grad_logits = d.sub_(per_position.unsqueeze(-1)).mul_(q).mul_(grad.unsqueeze(-1))
+        return grad_logits.to(ctx.logits_dtype), None, None
 
 
 class ReverseKLLoss:
@@ -136,13 +135,14 @@ class ReverseKLLoss:
         count = mask.sum().clamp_min(1)
         with torch.no_grad():
             q = log_q.exp()
+            d = log_q - c
             logs = {}
             if ctx.diagnostics:  # only on steps whose logs are kept: each is a pass over [B, T, V]
                 if s is not None:
                     logs["mean_s_under_q"] = ((q * s).sum(-1) * mask).sum() / count
                 if self._bucket_onehot is not None:
                     logs.update(self._mass_moved(q, log_q0, mask, count))
-        per_position = _ReverseKLTerm.apply(logits, log_q, q, c) + lse0
+        per_position = _ReverseKLTerm.apply(logits, q, d) + lse0
         term = (per_position * mask).sum() / count
         if ctx.diagnostics:
             # Σ q (log q − log q0) = Σ q (log q − log q0 − s) + Σ q s
