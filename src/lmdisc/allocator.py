@@ -3,7 +3,7 @@
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh mmap and
 unmaps it on free, so a training step page-faults its largest tensors (a [batch·bptt, |V|] logits
 tensor is 53 MB on WikiText-2) back in, zero-filled, every time. On a 2-core CPU that made a
-WikiText-2 softmax step ~1.5x slower (benchmarks/allocator.py). Serving them from the heap and
+WikiText-2 training 1.37x slower end to end (benchmarks/allocator.py). Serving them from the heap and
 never trimming it keeps the pages mapped; the process then holds on to its peak memory.
 """
 
@@ -44,7 +44,10 @@ class _MallInfo2(ctypes.Structure):
 def _glibc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
 
 
 def keep_freed_memory() -> bool:
@@ -62,6 +65,5 @@ def heap_in_use_bytes() -> int | None:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    libc.mallinfo2.restype = _MallInfo2
     info = libc.mallinfo2()
     return info.uordblks + info.hblkhd

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmdisc.losses import BatchContext, ReverseKLLoss
-from lmdisc.losses.reverse_kl import reverse_kl_terms
+from lmdisc.losses.reverse_kl import _ReverseKLTerm, reverse_kl_terms
 from lmdisc.models.discriminator import build_discriminator
 from lmdisc.models.lstm import LSTMLanguageModel
 
@@ -42,6 +42,17 @@ def test_closed_form_gradient_matches_autograd_through_log_softmax():
     # log_softmax runs in fp32 inside the loss (DESIGN.md §4), hence the fp32-level tolerance
     assert torch.allclose(actual, expected, atol=1e-6)
     assert actual[1, 3].abs().max() == 0
+
+
+def test_a_second_backward_through_the_term_is_refused():
+    # the backward reuses its saved buffer for the gradient, so running it twice would be wrong
+    logits = torch.randn(1, 3, 7, requires_grad=True)
+    q = torch.softmax(logits.detach(), -1)
+    d = torch.randn(1, 3, 7)
+    value = _ReverseKLTerm.apply(logits, q, d).sum()
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cannot run twice"):
+        value.backward()
 
 
 def test_frozen_lm_discriminator_reuses_q0_features_with_identical_results():

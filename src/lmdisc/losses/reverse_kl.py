@@ -36,7 +36,7 @@ class _ReverseKLTerm(torch.autograd.Function):
 
     Autograd through log_softmax, exp, the product and the sum makes several extra passes over the
     [B, T, V] tensors; this takes one, and it reuses the step's shared log-probs. Its backward
-    overwrites d (made for it alone), so the graph cannot be run backward twice.
+    overwrites d (made for it alone), so a second backward through it is refused.
     """
 
     @staticmethod
@@ -48,6 +48,9 @@ class _ReverseKLTerm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if getattr(ctx, "used", False):
+            raise RuntimeError("the rkl term's backward overwrites its buffers: it cannot run twice")
+        ctx.used = True
         q, d, per_position = ctx.saved_tensors
         grad_logits = d.sub_(per_position.unsqueeze(-1)).mul_(q).mul_(grad.unsqueeze(-1))
         return grad_logits.to(ctx.logits_dtype), None, None
