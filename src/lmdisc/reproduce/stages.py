@@ -78,6 +78,7 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
         shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(stage.command()[2:])}")
+    log(f"       progress: {stage.out_dir / 'stage.log'}")
     start = time.perf_counter()
     with open(stage.out_dir / "stage.log", "a" if resume else "w", encoding="utf-8") as out:
         code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
