@@ -1,12 +1,13 @@
 """Training tokens/s with glibc's default allocator vs `keep_freed_memory` (lmdisc/allocator.py).
 
-    python benchmarks/allocator.py --data ptb --batches 200 --repeats 3
-    python benchmarks/allocator.py --data wikitext2 --batches 100 --repeats 3
+    python benchmarks/allocator.py --data ptb --batches 300 --repeats 3
+    python benchmarks/allocator.py --data wikitext2 --batches 200 --repeats 3
 
 Each run is a separate `train.py` process (the allocator setting is per process), with
-LMDISC_KEEP_FREED_MEMORY=0 or 1, interleaved; it trains `--batches` batches of the Zaremba small
-LSTM without validation or evaluation and reports metrics.json's train_tokens_per_s (trainer
-start-up and the checkpoint included). Prints every run, the medians and their ratio.
+LMDISC_KEEP_FREED_MEMORY=0 or 1, interleaved, on torch's default threads (all cores). It trains
+`--batches` batches of the Zaremba small LSTM without validation or evaluation and reports
+metrics.json's train_tokens_per_s (trainer start-up and the checkpoint included). Prints every
+run, the medians and their ratio.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def one_run(data: str, batches: int, keep: str, out_dir: Path) -> float:
         f"hydra.run.dir={out_dir}",
     ]
     env = {**os.environ, "LMDISC_KEEP_FREED_MEMORY": keep}
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if run.returncode != 0:
+        sys.exit(f"train.py failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
     return json.loads((out_dir / "metrics.json").read_text())["train_tokens_per_s"]
 
 

@@ -9,7 +9,7 @@ from lmdisc.cli.reproduce import reproduce
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce.report import val_curve
-from lmdisc.reproduce.stages import Stage, run_stage
+from lmdisc.reproduce.stages import Stage, only_pipeline_in, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -73,18 +73,48 @@ def test_an_interrupted_training_stage_goes_on_from_its_last_checkpoint(tiny_cor
     stale.parent.mkdir(parents=True)
     stale.write_text("step,val/ppl\n0,1e9\n")
     common = [*TINY_DATA, f"data.path={tiny_corpus}", "trainer.enable_progress_bar=false", "evaluate=false"]
+    two_epochs = Stage("ft", "train", [*common, "trainer.max_epochs=2"], out_dir)
     lines = []
     first = run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=1"], out_dir), log=lines.append)
     assert lines[0].startswith("[clear] ft") and first["epochs"] == 1
-    (out_dir / "metrics.json").unlink()  # as if it had been stopped after its first epoch of two
+    # as if the two-epoch run had been stopped after its first epoch, having logged a row after it
+    (out_dir / "metrics.json").unlink()
+    record = json.loads(two_epochs.record_file.read_text())
+    two_epochs.record_file.write_text(json.dumps({**record, "overrides": two_epochs.overrides}))
+    csv_file = out_dir / "csv" / "version_0" / "metrics.csv"
+    header = csv_file.read_text().splitlines()[0].split(",")
+    late = {"step": str(first["global_step"] + 1), "val/ppl": "1e9"}  # logged after the checkpoint
+    with open(csv_file, "a", encoding="utf-8") as log:
+        log.write(",".join(late.get(column, "") for column in header) + "\n")
     lines.clear()
-    second = run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=2"], out_dir), log=lines.append)
+    second = run_stage(two_epochs, log=lines.append)
     assert lines[0].startswith("[resume] ft") and "ckpt_path=" in lines[0]
     assert second["epochs"] == 2 and second["global_step"] == 2 * first["global_step"]
-    assert (out_dir / "csv" / "version_1").is_dir()  # the resumed run logs beside the first
-    curve = val_curve(str(out_dir))  # both runs' validations; the stale log was removed
+    assert json.loads(two_epochs.record_file.read_text())["resumed_at"] == {"1": first["global_step"]}
+    curve = val_curve(str(out_dir))  # csv/version_0 up to the resume, then version_1
     assert len(curve) == 2 and curve[0][0] < first["global_step"] <= curve[1][0]
-    assert all(ppl < 1e9 for _, ppl in curve)
+    assert all(ppl < 1e9 for _, ppl in curve)  # the stale log was removed, the late row cut
+
+
+def test_a_training_stage_whose_overrides_changed_is_run_again(tiny_corpus, tmp_path):
+    out_dir = tmp_path / "stage"
+    common = [*TINY_DATA, f"data.path={tiny_corpus}", "trainer.enable_progress_bar=false", "evaluate=false"]
+    run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=1"], out_dir), log=lambda _: None)
+    (out_dir / "metrics.json").unlink()
+    lines = []
+    again = run_stage(
+        Stage("ft", "train", [*common, "trainer.max_epochs=1", "seed=5"], out_dir), log=lines.append
+    )
+    assert lines[0].startswith("[clear] ft") and lines[1].startswith("[run ] ft")
+    assert again["epochs"] == 1 and not (out_dir / "csv" / "version_1").exists()
+
+
+def test_a_second_pipeline_in_the_same_directory_is_refused(tmp_path):
+    refused = pytest.raises(LmdiscError, match=r"another reproduce\.py is running")
+    with only_pipeline_in(tmp_path), refused, only_pipeline_in(tmp_path):
+        pass
+    with only_pipeline_in(tmp_path):  # released when the first one ends
+        pass
 
 
 def test_pipeline_scores_a_given_discriminator_instead_of_training_one(pipeline_run, tiny_corpus, tmp_path):

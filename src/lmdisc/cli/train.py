@@ -108,7 +108,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
     metrics: dict[str, Any] = {
         "fit_seconds": fit_seconds,
-        "train_tokens_per_s": module.tokens_seen * trainer.world_size / fit_seconds,
+        # of this process's part of a resumed run; None when it resumed a finished one
+        "train_tokens_per_s": module.tokens_seen * trainer.world_size / fit_seconds
+        if module.tokens_seen
+        else None,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "vocab_size": len(vocab),

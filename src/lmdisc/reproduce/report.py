@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -25,19 +26,38 @@ def _pm(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _step(row: dict) -> int | None:
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):  # a row cut short when a run was killed
+        return None
+
+
 @functools.cache
 def _csv_rows(run_dir: str) -> list[dict]:
     """A run's CSV log, read once (the curves and the moved mass both need it). A resumed run logs
-    to the next csv/version_N; its rows replace the earlier ones from the step it resumed at."""
-    versions = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    to the next csv/version_N; from the step it resumed at (stage.json), its rows replace the
+    earlier ones, which came from the part of the interrupted run after its last checkpoint."""
+    record = Path(run_dir) / "stage.json"
+    resumed_at = json.loads(record.read_text()).get("resumed_at", {}) if record.is_file() else {}
+    versions = sorted(
+        (int(p.parent.name[8:]), p)
+        for p in Path(run_dir).glob("csv/version_*/metrics.csv")
+        if p.parent.name[8:].isdigit()
+    )
     rows: list[dict] = []
-    for path in versions:
+    for version, path in versions:
         with open(path, encoding="utf-8") as handle:
-            later = list(csv.DictReader(handle))
-        if later:
-            resumed_at = min(int(r["step"]) for r in later)
-            rows = [r for r in rows if int(r["step"]) < resumed_at] + later
+            later = [r for r in csv.DictReader(handle) if _step(r) is not None]
+        cut = resumed_at.get(str(version), min((_step(r) for r in later), default=None))
+        rows = [r for r in rows if cut is None or _step(r) < cut] + later
     return rows
+
+
+def _tokens_per_s(runs: list[dict]) -> str:
+    """Over the runs that trained in their last process (a run resumed after its last epoch did not)."""
+    measured = [r["train_tokens_per_s"] for r in runs if r.get("train_tokens_per_s")]
+    return _pm(measured, 0) if measured else "–"
 
 
 def val_curve(run_dir: str) -> list[tuple[int, float]]:
@@ -174,7 +194,7 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
         delta = [t - base["test/ppl"] for t in tests]
         lines.append(
             f"| {arm} | {info['lr']:g} | {_pm([r['val/ppl'] for r in info['runs']])} | {_pm(tests)} | "
-            f"{_pm(delta)} | {_pm([r['train_tokens_per_s'] for r in info['runs']], 0)} |"
+            f"{_pm(delta)} | {_tokens_per_s(info['runs'])} |"
         )
     lines += ["", "(tokens/s: measured while `jobs` runs shared the machine.)"]
     lines += _contribution(best)

@@ -1,12 +1,15 @@
 """The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
 directory and process. A stage whose metrics.json exists is done and skipped, so re-running the
-same command resumes an interrupted pipeline; an interrupted training stage goes on from its
-last.ckpt (the last finished epoch), any other is run again from scratch. Fine-tuning runs may run
-`jobs` at a time.
+same command resumes an interrupted pipeline. An interrupted training stage goes on from its
+last.ckpt (the last finished epoch) if it ran with the same overrides (recorded in its stage.json),
+else it is cleared and run again; any other stage is run again. Fine-tuning runs may run `jobs` at
+a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -18,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmdisc.checkpoint import load_checkpoint
 from lmdisc.errors import LmdiscError
+from lmdisc.io import atomic_write_json
 
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
 
@@ -43,10 +48,29 @@ class Stage:
         return json.loads(self.metrics_file.read_text())
 
     @property
+    def record_file(self) -> Path:
+        """A training stage's overrides, and the step each resumed run started at, by CSV log version."""
+        return self.out_dir / "stage.json"
+
+    def record(self) -> dict:
+        return json.loads(self.record_file.read_text()) if self.record_file.is_file() else {}
+
+    @property
     def resume_checkpoint(self) -> Path | None:
-        """An interrupted training run's last.ckpt, to go on from."""
+        """An interrupted training run's last.ckpt (an epoch end), if it ran with these overrides."""
         last = self.out_dir / "checkpoints" / "last.ckpt"
-        return last if self.entry == "train" and last.is_file() else None
+        if self.entry != "train" or not last.is_file():
+            return None
+        return last if self.record().get("overrides") == self.overrides else None
+
+    def write_record(self, resume: Path | None) -> None:
+        """Before a training run starts: its overrides, and if it resumes, the checkpoint's step
+        under the CSV version it will log to (the report drops the earlier logs from there on)."""
+        resumed_at = self.record().get("resumed_at", {}) if resume else {}
+        if resume:
+            versions = [int(p.name[8:]) for p in self.out_dir.glob("csv/version_*") if p.name[8:].isdigit()]
+            resumed_at[str(max(versions, default=-1) + 1)] = load_checkpoint(resume)["global_step"]
+        atomic_write_json({"overrides": self.overrides, "resumed_at": resumed_at}, self.record_file)
 
     def command(self) -> list[str]:
         resume = self.resume_checkpoint
@@ -73,10 +97,12 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
         return stage.metrics()
     resume = stage.resume_checkpoint
-    if resume is None and stage.out_dir.exists():
-        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run with nothing to resume")
+    if resume is None and stage.entry == "train" and stage.out_dir.exists():
+        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run that cannot be resumed as it is")
         shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
+    if stage.entry == "train":
+        stage.write_record(resume)
     log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(stage.command()[2:])}")
     log(f"       progress: {stage.out_dir / 'stage.log'}")
     start = time.perf_counter()
@@ -102,6 +128,20 @@ def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
 
 def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@contextlib.contextmanager
+def only_pipeline_in(out_dir: Path):
+    """Two pipelines in one directory would clear or resume each other's runs: the second is refused."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LmdiscError(
+                f"another reproduce.py is running in {out_dir}: wait for it, or give this one another hydra.run.dir"
+            ) from None
+        yield
 
 
 class Pipeline:
@@ -175,6 +215,10 @@ class Pipeline:
 
     def run(self, jobs: int = 1, log=print) -> dict:
         """Every stage in order; returns what the report needs."""
+        with only_pipeline_in(self.out_dir):
+            return self._run(jobs, log)
+
+    def _run(self, jobs: int, log) -> dict:
         base = self.base_stage()
         if base is not None:
             run_stage(base, log)
