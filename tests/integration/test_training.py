@@ -76,6 +76,31 @@ def test_resume_from_last_checkpoint_continues_step_count(trained_run, tiny_corp
     assert metrics["epochs"] == 4
 
 
+def test_last_checkpoint_is_written_at_epoch_ends_only(tiny_corpus, tmp_path, monkeypatch):
+    # a mid-epoch last.ckpt would resume by replaying the epoch's first batches
+    import lightning as L
+
+    import lmdisc.cli.train as train_cli
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    during_the_epoch = []
+
+    class Probe(
+        L.Callback
+    ):  # (checkpoint callbacks run after the others at a hook, so look at the next batch)
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            during_the_epoch.append(last.exists())
+
+    instantiate_callbacks = train_cli.instantiate_callbacks
+    monkeypatch.setattr(train_cli, "instantiate_callbacks", lambda *a: [*instantiate_callbacks(*a), Probe()])
+    cfg = compose_train(
+        tmp_path, [*quick_overrides(tiny_corpus), "trainer.max_epochs=1", "trainer.val_check_interval=0.5"]
+    )
+    metrics = train(cfg)
+    assert len(during_the_epoch) == metrics["global_step"] and not any(during_the_epoch)
+    assert torch.load(last, weights_only=True)["global_step"] == metrics["global_step"]
+
+
 def test_init_from_starts_from_the_trained_weights(trained_run, tiny_corpus, tmp_path):
     run_dir, first = trained_run
     best = run_dir / "checkpoints" / "best.ckpt"
