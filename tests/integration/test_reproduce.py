@@ -76,7 +76,7 @@ def test_an_interrupted_training_stage_goes_on_from_its_last_checkpoint(tiny_cor
     two_epochs = Stage("ft", "train", [*common, "trainer.max_epochs=2"], out_dir)
     lines = []
     first = run_stage(Stage("ft", "train", [*common, "trainer.max_epochs=1"], out_dir), log=lines.append)
-    assert lines[0].startswith("[clear] ft") and first["epochs"] == 1
+    assert lines[0].startswith("[clear] ft") and "no finished epoch" in lines[0] and first["epochs"] == 1
     # as if the two-epoch run had been stopped after its first epoch, having logged a row after it
     (out_dir / "metrics.json").unlink()
     record = json.loads(two_epochs.record_file.read_text())
@@ -105,7 +105,11 @@ def test_a_training_stage_whose_overrides_changed_is_run_again(tiny_corpus, tmp_
     again = run_stage(
         Stage("ft", "train", [*common, "trainer.max_epochs=1", "seed=5"], out_dir), log=lines.append
     )
-    assert lines[0].startswith("[clear] ft") and lines[1].startswith("[run ] ft")
+    assert (
+        lines[0].startswith("[clear] ft")
+        and "other overrides" in lines[0]
+        and lines[1].startswith("[run ] ft")
+    )
     assert again["epochs"] == 1 and not (out_dir / "csv" / "version_1").exists()
 
 

@@ -98,7 +98,12 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
         return stage.metrics()
     resume = stage.resume_checkpoint
     if resume is None and stage.entry == "train" and stage.out_dir.exists():
-        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run that cannot be resumed as it is")
+        why = (
+            "other overrides"
+            if (stage.out_dir / "checkpoints" / "last.ckpt").is_file()
+            else "no finished epoch"
+        )
+        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run with {why}; running it again")
         shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
     if stage.entry == "train":
