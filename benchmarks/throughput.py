@@ -7,8 +7,8 @@
         --init-from BASE.ckpt --disc-ckpt DISC.ckpt        # rkl_disc needs q_0 and a discriminator
 
 Prints tokens/s of the plain loop (with the first loss) and of our module with each loss, the
-ratios ours/plain and loss/first loss, and peak memory (CPU: process max RSS so far; CUDA: max
-allocated). Every configuration runs `--repeats` times, interleaved, and its median run is
+ratios ours/plain and loss/first loss, and peak memory (CPU: growth of the heap in use; CUDA:
+max allocated). Every configuration runs `--repeats` times, interleaved, and its median run is
 reported (all runs are printed), so one background hiccup does not decide a ratio.
 Like the CLIs it keeps freed CPU memory in the process (lmdisc/allocator.py);
 LMDISC_KEEP_FREED_MEMORY=0 measures under glibc's default instead.
