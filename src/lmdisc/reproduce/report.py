@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from lmdisc.analysis.plotting import headless_pyplot, save_figure
 from lmdisc.io import atomic_write_json, atomic_write_text
+
+from .stages import csv_log_versions, stage_record
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -38,16 +39,12 @@ def _csv_rows(run_dir: str) -> list[dict]:
     """A run's CSV log, read once (the curves and the moved mass both need it). A resumed run logs
     to the next csv/version_N; from the step it resumed at (stage.json), its rows replace the
     earlier ones, which came from the part of the interrupted run after its last checkpoint."""
-    record = Path(run_dir) / "stage.json"
-    resumed_at = json.loads(record.read_text()).get("resumed_at", {}) if record.is_file() else {}
-    versions = sorted(
-        (int(p.parent.name[8:]), p)
-        for p in Path(run_dir).glob("csv/version_*/metrics.csv")
-        if p.parent.name[8:].isdigit()
-    )
+    resumed_at = stage_record(run_dir).get("resumed_at", {})
     rows: list[dict] = []
-    for version, path in versions:
-        with open(path, encoding="utf-8") as handle:
+    for version, log_dir in csv_log_versions(run_dir):
+        if not (log_dir / "metrics.csv").is_file():
+            continue
+        with open(log_dir / "metrics.csv", encoding="utf-8") as handle:
             later = [r for r in csv.DictReader(handle) if _step(r) is not None]
         cut = resumed_at.get(str(version), min((_step(r) for r in later), default=None))
         rows = [r for r in rows if cut is None or _step(r) < cut] + later

@@ -28,6 +28,19 @@ from lmdisc.io import atomic_write_json
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
 
 
+def stage_record(out_dir: Path) -> dict:
+    """A training stage's stage.json: its overrides, and the step each resumed run started at, by
+    CSV log version ({} before its first run)."""
+    path = Path(out_dir) / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def csv_log_versions(out_dir: Path) -> list[tuple[int, Path]]:
+    """(N, directory) of each csv/version_N a run's CSV logger wrote, in order."""
+    found = Path(out_dir).glob("csv/version_*")
+    return sorted((int(p.name[8:]), p) for p in found if p.name[8:].isdigit())
+
+
 @dataclass
 class Stage:
     name: str
@@ -49,31 +62,29 @@ class Stage:
 
     @property
     def record_file(self) -> Path:
-        """A training stage's overrides, and the step each resumed run started at, by CSV log version."""
         return self.out_dir / "stage.json"
 
-    def record(self) -> dict:
-        return json.loads(self.record_file.read_text()) if self.record_file.is_file() else {}
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.ckpt"
 
     @property
     def resume_checkpoint(self) -> Path | None:
         """An interrupted training run's last.ckpt (an epoch end), if it ran with these overrides."""
-        last = self.out_dir / "checkpoints" / "last.ckpt"
-        if self.entry != "train" or not last.is_file():
+        if self.entry != "train" or not self.last_checkpoint.is_file():
             return None
-        return last if self.record().get("overrides") == self.overrides else None
+        return self.last_checkpoint if stage_record(self.out_dir).get("overrides") == self.overrides else None
 
     def write_record(self, resume: Path | None) -> None:
         """Before a training run starts: its overrides, and if it resumes, the checkpoint's step
         under the CSV version it will log to (the report drops the earlier logs from there on)."""
-        resumed_at = self.record().get("resumed_at", {}) if resume else {}
+        resumed_at = stage_record(self.out_dir).get("resumed_at", {}) if resume else {}
         if resume:
-            versions = [int(p.name[8:]) for p in self.out_dir.glob("csv/version_*") if p.name[8:].isdigit()]
-            resumed_at[str(max(versions, default=-1) + 1)] = load_checkpoint(resume)["global_step"]
+            next_version = max((n for n, _ in csv_log_versions(self.out_dir)), default=-1) + 1
+            resumed_at[str(next_version)] = load_checkpoint(resume)["global_step"]
         atomic_write_json({"overrides": self.overrides, "resumed_at": resumed_at}, self.record_file)
 
-    def command(self) -> list[str]:
-        resume = self.resume_checkpoint
+    def command(self, resume: Path | None = None) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -98,21 +109,18 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
         return stage.metrics()
     resume = stage.resume_checkpoint
     if resume is None and stage.entry == "train" and stage.out_dir.exists():
-        why = (
-            "other overrides"
-            if (stage.out_dir / "checkpoints" / "last.ckpt").is_file()
-            else "no finished epoch"
-        )
+        why = "other overrides" if stage.last_checkpoint.is_file() else "no finished epoch"
         log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run with {why}; running it again")
         shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
     if stage.entry == "train":
         stage.write_record(resume)
-    log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(stage.command()[2:])}")
+    command = stage.command(resume)
+    log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(command[2:])}")
     log(f"       progress: {stage.out_dir / 'stage.log'}")
     start = time.perf_counter()
     with open(stage.out_dir / "stage.log", "a" if resume else "w", encoding="utf-8") as out:
-        code = subprocess.call(stage.command(), stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
     if code != 0 or not stage.done:
         tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise LmdiscError(
