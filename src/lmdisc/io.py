@@ -11,10 +11,23 @@ from pathlib import Path
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once, at import: os.umask can only be read by setting it, which is not thread-safe
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`. The temporary file is
+    created private (0600); it gets the mode a plain open() would have given before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _FILE_MODE)
     os.close(fd)
     try:
         write(tmp)
