@@ -62,6 +62,19 @@ def test_every_discriminator_option_composes(tmp_path, option):
     assert cfg.discriminator.encoder == option and cfg.discriminator.negatives == "exact"
 
 
+def test_train_disc_settings_win_over_the_groups_and_each_encoder_brings_its_rate(tmp_path):
+    default = compose_train(tmp_path, ["lm_ckpt=x.ckpt"], config_name="train_disc")
+    # not trainer/default.yaml's 40 epochs: train_disc.yaml's own values override the groups
+    assert default.trainer.max_epochs == 4 and default.trainer.val_check_interval == 0.25
+    assert default.discriminator.encoder == "freq_class" and default.discriminator.train_split == "heldout"
+    assert default.optim.optimizer.lr == 0.01
+    frozen = compose_train(tmp_path, ["lm_ckpt=x.ckpt", "discriminator=lm_frozen"], config_name="train_disc")
+    assert frozen.optim.optimizer.lr == 1e-4 and frozen.discriminator.train_split == "heldout"
+    given = ["lm_ckpt=x.ckpt", "discriminator=lm_frozen", "optim.optimizer.lr=3e-4", "trainer.max_epochs=9"]
+    chosen = compose_train(tmp_path, given, config_name="train_disc")
+    assert chosen.optim.optimizer.lr == 3e-4 and chosen.trainer.max_epochs == 9
+
+
 def test_multirun_sweep_directory_resolves(tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=loss_ablation"], return_hydra_config=True)

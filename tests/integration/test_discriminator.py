@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from helpers import compose_train, disc_overrides, rkl_overrides
+from lmdisc.callbacks.disc_refresh import retrain_discriminator
+from lmdisc.checkpoint import load_checkpoint
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import score_discriminator, train_discriminator
 from lmdisc.errors import LmdiscError
+from lmdisc.losses.reverse_kl import reverse_kl_from_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +194,29 @@ def test_refresh_resets_q0_to_the_current_model_and_retrains_the_discriminator(
     start_of_second = next(v for e, v in kl if e == 1)
     assert end_of_first > 1e-3
     assert start_of_second < 1e-5  # q_0 is now the model itself (lstm_small has no dropout)
+
+
+def test_a_refresh_retrains_with_the_discriminators_own_optimiser_unless_given_a_rate(
+    trained_run, trained_disc
+):
+    lm_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    rkl = reverse_kl_from_checkpoints(str(lm_ckpt), trained_disc["checkpoint"])
+    assert rkl.discriminator_run_config["optim"]["optimizer"]["lr"] == 0.001  # as trained_disc was
+    # as if it had been trained with plain SGD at rate 0: re-training it must then change nothing
+    rkl.discriminator_run_config["optim"]["optimizer"] = {
+        "_target_": "torch.optim.SGD",
+        "_partial_": True,
+        "lr": 0.0,
+    }
+    vocab = len(load_checkpoint(lm_ckpt)["lmdisc"]["vocab"])
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(vocab, (4, 10), generator=generator),) * 2 for _ in range(3)]
+    before = {k: v.clone() for k, v in rkl.discriminator.state_dict().items()}
+
+    def changed() -> bool:
+        return any(not torch.equal(before[k], v) for k, v in rkl.discriminator.state_dict().items())
+
+    retrain_discriminator(rkl, batches, epochs=1, device=torch.device("cpu"))
+    assert not changed()
+    retrain_discriminator(rkl, batches, epochs=1, device=torch.device("cpu"), lr=0.5)
+    assert changed()

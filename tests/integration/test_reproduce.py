@@ -1,8 +1,10 @@
 """The reproduce pipeline end to end on a tiny slice of PTB: stages, resume, results.md."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from helpers import compose_train
 from lmdisc.cli.reproduce import reproduce
@@ -80,7 +82,7 @@ def test_an_interrupted_training_stage_goes_on_from_its_last_checkpoint(tiny_cor
     # as if the two-epoch run had been stopped after its first epoch, having logged a row after it
     (out_dir / "metrics.json").unlink()
     record = json.loads(two_epochs.record_file.read_text())
-    two_epochs.record_file.write_text(json.dumps({**record, "overrides": two_epochs.overrides}))
+    two_epochs.record_file.write_text(json.dumps({**record, **two_epochs.identity()}))
     csv_file = out_dir / "csv" / "version_0" / "metrics.csv"
     header = csv_file.read_text().splitlines()[0].split(",")
     late = {"step": str(first["global_step"] + 1), "val/ppl": "1e9"}  # logged after the checkpoint
@@ -111,6 +113,54 @@ def test_a_training_stage_whose_overrides_changed_is_run_again(tiny_corpus, tmp_
         and lines[1].startswith("[run ] ft")
     )
     assert again["epochs"] == 1 and not (out_dir / "csv" / "version_1").exists()
+
+
+def _eval_stage(ckpt, corpus, out_dir, where=()) -> Stage:
+    overrides = [
+        "data=text",
+        f"data.path={corpus}",
+        f"ckpt={ckpt}",
+        f"metrics_file={out_dir / 'metrics.json'}",
+    ]
+    return Stage("base_eval", "eval", overrides, out_dir, where=list(where))
+
+
+def test_a_finished_stage_is_reused_wherever_it_runs_and_run_again_when_its_input_changes(
+    trained_run, tiny_corpus, tmp_path
+):
+    run_dir, _ = trained_run
+    ckpt = tmp_path / "base.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "best.ckpt", ckpt)
+    out_dir = tmp_path / "base_eval"
+    first = run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lambda _: None)
+    lines = []
+    moved = _eval_stage(ckpt, tiny_corpus, out_dir, where=["trainer.enable_progress_bar=false"])
+    assert run_stage(moved, log=lines.append) == first and lines[0].startswith("[skip] base_eval")
+    # the base re-trained in place: same path, other weights
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"] = {k: v * 0.5 for k, v in state["state_dict"].items()}
+    torch.save(state, ckpt)
+    lines.clear()
+    again = run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lines.append)
+    assert lines[0].startswith("[clear] base_eval") and "ckpt content changed" in lines[0]
+    assert again["test/ppl"] != first["test/ppl"]
+
+
+def test_a_finished_stage_whose_overrides_changed_is_run_again_and_one_without_a_record_is_kept(
+    trained_run, tiny_corpus, tmp_path
+):
+    ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    out_dir = tmp_path / "base_eval"
+    run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lambda _: None)
+    bigger = _eval_stage(ckpt, tiny_corpus, out_dir)
+    bigger.overrides.append("data.eval_batch_size=2")
+    lines = []
+    run_stage(bigger, log=lines.append)
+    assert lines[0].startswith("[clear] base_eval") and "+data.eval_batch_size=2" in lines[0]
+    bigger.record_file.unlink()  # as a pipeline directory written before stage records existed
+    lines.clear()
+    run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lines.append)
+    assert lines[0].startswith("[skip] base_eval") and "not checked" in lines[0]
 
 
 def test_a_second_pipeline_in_the_same_directory_is_refused(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -22,16 +23,27 @@ def find_reverse_kl(loss) -> ReverseKLLoss | None:
     return next((fn for _, fn in terms.values() if isinstance(fn, ReverseKLLoss)), None)
 
 
-def retrain_discriminator(rkl: ReverseKLLoss, loader, epochs: int, lr: float, device: torch.device) -> float:
-    """Adam on the discriminator's BCE against the (new) q_0, warm-started; returns the last epoch's mean BCE."""
+def retrain_discriminator(
+    rkl: ReverseKLLoss, loader, epochs: int, device: torch.device, lr: float | None = None
+) -> float:
+    """The discriminator's BCE against the (new) q_0, warm-started, with the optimiser and gradient
+    clipping it was trained with (its checkpoint's config), at `lr` if given; returns the last
+    epoch's mean BCE."""
     disc, lm = rkl.discriminator, rkl.reference.to(device).eval()
-    cfg = rkl.discriminator_config
+    run = rkl.discriminator_run_config
+    cfg = run.get("discriminator", {})
     disc.to(device).train().requires_grad_(True)
     encoder = disc.encoder
     if isinstance(encoder, LMBodyEncoder) and not encoder.trainable:
         encoder.body.requires_grad_(False)
     params = [p for p in disc.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer_cfg = dict(run.get("optim", {}).get("optimizer") or {})
+    if not optimizer_cfg:
+        raise LmdiscError("the discriminator checkpoint does not record its optimiser (optim.optimizer)")
+    if lr is not None:
+        optimizer_cfg["lr"] = lr
+    optimizer = instantiate(optimizer_cfg)(params=params)
+    clip = (run.get("trainer") or {}).get("gradient_clip_val")
     total = count = 0.0
     for _ in range(epochs):
         total = count = 0.0
@@ -48,9 +60,10 @@ def retrain_discriminator(rkl: ReverseKLLoss, loader, epochs: int, lr: float, de
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
-            total, count = total + float(loss), count + 1
+            total, count = total + loss.detach().item(), count + 1
     disc.eval().requires_grad_(False)
     return total / max(count, 1)
 
@@ -59,15 +72,16 @@ class DiscriminatorRefresh(Callback):
     """After every `every_n_epochs` training epochs (but not the last): q_0 <- θ, re-train s.
 
     The discriminator re-trains on the text it was first trained on (its checkpoint's
-    `train_split`), for `epochs` epochs with Adam at `lr`. A frozen-features encoder takes the
+    `train_split`), for `epochs` epochs, with the optimiser, learning rate and clipping it was
+    trained with (its checkpoint's config) unless `lr` is given. A frozen-features encoder takes the
     current model's features too. Refreshed q_0 and s live in memory only: a run resumed from a
     checkpoint starts again from the original ones.
     """
 
-    def __init__(self, every_n_epochs: int, epochs: int = 1, lr: float = 1e-3):
-        if every_n_epochs < 1 or epochs < 1 or lr <= 0:
+    def __init__(self, every_n_epochs: int, epochs: int = 1, lr: float | None = None):
+        if every_n_epochs < 1 or epochs < 1 or (lr is not None and lr <= 0):
             raise LmdiscError(
-                "loss.refresh_every_n_epochs, loss.refresh_epochs and loss.refresh_lr must be > 0"
+                "loss.refresh_every_n_epochs, loss.refresh_epochs and loss.refresh_lr (if set) must be > 0"
             )
         self.every_n_epochs, self.epochs, self.lr = every_n_epochs, epochs, lr
 
@@ -88,12 +102,12 @@ class DiscriminatorRefresh(Callback):
         encoder = rkl.discriminator.encoder
         if isinstance(encoder, LMBodyEncoder):
             encoder.body.load_state_dict(weights)
-        cfg = rkl.discriminator_config
+        cfg = rkl.discriminator_run_config.get("discriminator", {})
         loader = trainer.datamodule.discriminator_loader(
             cfg.get("train_split", "train"), cfg.get("heldout_fraction", 0.5)
         )
         with torch.enable_grad():
-            bce = retrain_discriminator(rkl, loader, self.epochs, self.lr, pl_module.device)
+            bce = retrain_discriminator(rkl, loader, self.epochs, pl_module.device, self.lr)
         pl_module.log("refresh/disc_bce", bce)
         rank_zero_info(
             f"epoch {epoch}: q_0 reset to the current model, discriminator re-trained (train BCE {bce:.4f})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,18 +15,30 @@ from lmdisc.reproduce import Pipeline, write_report
 from . import CONF_DIR
 
 
+def _device_overrides(device) -> list[str]:
+    """`device` as a list of overrides; a bare string would otherwise be split into letters."""
+    items = OmegaConf.to_container(device) if OmegaConf.is_list(device) else device
+    if not isinstance(items, list) or not all(
+        isinstance(o, str) and ("=" in o or o.startswith("~")) for o in items
+    ):
+        raise LmdiscError(
+            f"device must be a list of overrides, e.g. 'device=[\"trainer.accelerator=gpu\"]' (quoted), got {items!r}"
+        )
+    return items
+
+
 def reproduce(cfg: DictConfig) -> Path:
     if cfg.get("pipeline") is None:
         raise LmdiscError("reproduce.py needs a pipeline: python reproduce.py experiment=reproduce_ptb_small")
-    if cfg.jobs < 1:
-        raise LmdiscError(f"jobs must be >= 1, got {cfg.jobs}")
+    if isinstance(cfg.jobs, bool) or not isinstance(cfg.jobs, int) or cfg.jobs < 1:
+        raise LmdiscError(f"jobs must be an integer >= 1 (fine-tuning runs at a time), got {cfg.jobs!r}")
     pipeline_cfg = OmegaConf.to_container(cfg.pipeline, resolve=True)
-    pipeline_cfg["device"] = list(cfg.device)
+    pipeline_cfg["device"] = _device_overrides(cfg.device)
     out_dir = Path(cfg.paths.output_dir)
     shared = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.data_dir={cfg.paths.data_dir}"]
     results = Pipeline(pipeline_cfg, out_dir, shared).run(jobs=cfg.jobs)
-    command = "python reproduce.py " + " ".join(sys.argv[1:])
-    path = write_report(results, out_dir, pipeline_cfg["title"], command.strip())
+    command = shlex.join(["python", "reproduce.py", *sys.argv[1:]])  # quoted so it can be pasted back
+    path = write_report(results, out_dir, pipeline_cfg["title"], command)
     print(path.read_text(encoding="utf-8"))
     print(f"\nwritten: {path}")
     return path

@@ -69,10 +69,11 @@ class ReverseKLLoss:
         self,
         reference: nn.Module,
         discriminator: nn.Module | None = None,
-        discriminator_config: dict | None = None,
+        discriminator_run_config: dict | None = None,
     ):
         self.reference = reference.eval().requires_grad_(False)
-        self.discriminator_config = discriminator_config or {}  # how it was trained (for refreshes)
+        # train_disc.py's resolved config (discriminator, optim, trainer): how to re-train it on a refresh
+        self.discriminator_run_config = discriminator_run_config or {}
         self.discriminator = discriminator.eval().requires_grad_(False) if discriminator is not None else None
         self.shared_body = bool(
             discriminator is not None
@@ -200,4 +201,4 @@ def reverse_kl_from_checkpoints(
         reference["lmdisc"]["vocab"],
         reference_ckpt,
     )
-    return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"]["discriminator"])
+    return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"])

@@ -1,22 +1,26 @@
 """The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
-directory and process. A stage whose metrics.json exists is done and skipped, so re-running the
-same command resumes an interrupted pipeline. An interrupted training stage goes on from its
-last.ckpt (the last finished epoch) if it ran with the same overrides (recorded in its stage.json),
-else it is cleared and run again; any other stage is run again. Fine-tuning runs may run `jobs` at
-a time.
+directory and process. Before a stage runs, its stage.json records what it computes: its overrides
+and the sha256 of the checkpoints they name. A stage whose metrics.json exists and whose record
+matches is done and skipped, so re-running the same command resumes an interrupted pipeline; a
+finished stage whose overrides or input checkpoints changed is cleared and run again, and so is an
+unfinished one, except a training stage with the same record and a last.ckpt (the last finished
+epoch), which goes on from there. Where a stage runs (paths, device) is not part of the record.
+Fine-tuning runs may run `jobs` at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +30,13 @@ from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
+# overrides naming a checkpoint a stage reads: their files' contents are part of its record
+INPUT_KEYS = ("init_from", "ckpt", "lm_ckpt", "disc_ckpt", "loss.discriminator_ckpt")
 
 
 def stage_record(out_dir: Path) -> dict:
-    """A training stage's stage.json: its overrides, and the step each resumed run started at, by
-    CSV log version ({} before its first run)."""
+    """A stage's stage.json: its overrides, its input checkpoints' sha256 and, for a training stage,
+    the step each resumed run started at, by CSV log version ({} before its first run)."""
     path = Path(out_dir) / "stage.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -41,13 +47,36 @@ def csv_log_versions(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.name[8:]), p) for p in found if p.name[8:].isdigit())
 
 
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _identity_change(recorded: dict, identity: dict) -> str:
+    """What differs between a stage's recorded identity and its current one, for the log."""
+    old, new = recorded.get("overrides") or [], identity["overrides"]
+    changes = [f"-{o}" for o in old if o not in new] + [f"+{o}" for o in new if o not in old]
+    old_inputs = recorded.get("inputs") or {}
+    changes += [
+        f"{key} content changed"
+        for key, digest in identity["inputs"].items()
+        if old_inputs.get(key) != digest
+    ]
+    return ", ".join(changes) or "recorded by an older lmdisc"
+
+
 @dataclass
 class Stage:
+    """One run of an entry point. `overrides` say what it computes (recorded and compared);
+    `where` says where it runs (paths, device), passed after them but never compared."""
+
     name: str
     entry: str
     overrides: list[str]
     out_dir: Path
     meta: dict = field(default_factory=dict)
+    where: list[str] = field(default_factory=list)
 
     @property
     def metrics_file(self) -> Path:
@@ -68,21 +97,36 @@ class Stage:
     def last_checkpoint(self) -> Path:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
+    def identity(self) -> dict:
+        """What makes two runs of this stage the same: its overrides and the sha256 of the
+        checkpoints they name (a re-trained base keeps its path but not its contents)."""
+        inputs = {}
+        for override in self.overrides:
+            key, _, value = override.partition("=")
+            if key in INPUT_KEYS and Path(value).is_file():
+                info = Path(value).stat()
+                inputs[key] = _file_sha256(str(Path(value).resolve()), info.st_size, info.st_mtime_ns)
+        return {"overrides": list(self.overrides), "inputs": inputs}
+
+    def matches_record(self) -> bool:
+        record = stage_record(self.out_dir)
+        return {k: record.get(k) for k in ("overrides", "inputs")} == self.identity()
+
     @property
     def resume_checkpoint(self) -> Path | None:
-        """An interrupted training run's last.ckpt (an epoch end), if it ran with these overrides."""
+        """An interrupted training run's last.ckpt (an epoch end), if it ran as this stage would."""
         if self.entry != "train" or not self.last_checkpoint.is_file():
             return None
-        return self.last_checkpoint if stage_record(self.out_dir).get("overrides") == self.overrides else None
+        return self.last_checkpoint if self.matches_record() else None
 
     def write_record(self, resume: Path | None) -> None:
-        """Before a training run starts: its overrides, and if it resumes, the checkpoint's step
-        under the CSV version it will log to (the report drops the earlier logs from there on)."""
+        """Before a run starts: its identity, and if it resumes, the checkpoint's step under the
+        CSV version it will log to (the report drops the earlier logs from there on)."""
         resumed_at = stage_record(self.out_dir).get("resumed_at", {}) if resume else {}
         if resume:
             next_version = max((n for n, _ in csv_log_versions(self.out_dir)), default=-1) + 1
             resumed_at[str(next_version)] = load_checkpoint(resume)["global_step"]
-        atomic_write_json({"overrides": self.overrides, "resumed_at": resumed_at}, self.record_file)
+        atomic_write_json({**self.identity(), "resumed_at": resumed_at}, self.record_file)
 
     def command(self, resume: Path | None = None) -> list[str]:
         return [
@@ -90,6 +134,7 @@ class Stage:
             "-m",
             ENTRY_POINTS[self.entry],
             *self.overrides,
+            *self.where,
             *([f"ckpt_path={resume}"] if resume else []),
             f"hydra.run.dir={self.out_dir}",
         ]
@@ -102,19 +147,43 @@ def _stage_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
-    """Run one stage (or skip it if done); its output goes to out_dir/stage.log."""
-    if stage.done:
+def _reusable(stage: Stage, log) -> bool:
+    """A finished stage is reused if it ran as this one would, or if its directory predates
+    input records (no stage.json, or one without `inputs`): trusted, and the log says so."""
+    if not stage.done:
+        return False
+    if "inputs" not in stage_record(stage.out_dir):
+        log(f"[skip] {stage.name}: {stage.metrics_file} exists (written before stage records: not checked)")
+        return True
+    if stage.matches_record():
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
+        return True
+    change = _identity_change(stage_record(stage.out_dir), stage.identity())
+    log(f"[clear] {stage.name}: finished with other overrides or inputs ({change}); running it again")
+    shutil.rmtree(stage.out_dir)
+    return False
+
+
+def _unfinished(stage: Stage) -> str:
+    """Why an unfinished run in a stage's directory cannot be resumed, for the log."""
+    if stage.entry != "train":
+        return "an unfinished run"
+    if not stage.last_checkpoint.is_file():
+        return "an unfinished run with no finished epoch"
+    change = _identity_change(stage_record(stage.out_dir), stage.identity())
+    return f"an unfinished run with other overrides or inputs ({change})"
+
+
+def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
+    """Run one stage (or reuse it, see `_reusable`); its output goes to out_dir/stage.log."""
+    if _reusable(stage, log):
         return stage.metrics()
     resume = stage.resume_checkpoint
-    if resume is None and stage.entry == "train" and stage.out_dir.exists():
-        why = "other overrides" if stage.last_checkpoint.is_file() else "no finished epoch"
-        log(f"[clear] {stage.name}: {stage.out_dir} holds an unfinished run with {why}; running it again")
+    if resume is None and stage.out_dir.exists():
+        log(f"[clear] {stage.name}: {stage.out_dir} holds {_unfinished(stage)}; running it again")
         shutil.rmtree(stage.out_dir)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
-    if stage.entry == "train":
-        stage.write_record(resume)
+    stage.write_record(resume)
     command = stage.command(resume)
     log(f"[{'resume' if resume else 'run '}] {stage.name}: {' '.join(command[2:])}")
     log(f"       progress: {stage.out_dir / 'stage.log'}")
@@ -139,10 +208,6 @@ def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
         return [f.result() for f in futures]
 
 
-def _fmt(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 @contextlib.contextmanager
 def only_pipeline_in(out_dir: Path):
     """Two pipelines in one directory would clear or resume each other's runs: the second is refused."""
@@ -155,95 +220,3 @@ def only_pipeline_in(out_dir: Path):
                 f"another reproduce.py is running in {out_dir}: wait for it, or give this one another hydra.run.dir"
             ) from None
         yield
-
-
-class Pipeline:
-    """base LM (trained, or given) -> its evaluation -> discriminator -> arms x lrs x seeds."""
-
-    def __init__(self, cfg: Mapping, out_dir: Path, shared: Iterable[str] = ()):
-        self.cfg = cfg
-        self.out_dir = Path(out_dir)
-        self.shared = list(shared)  # e.g. paths.data_dir / paths.root_dir, passed to every stage
-
-    def _overrides(self, *groups: Iterable[str]) -> list[str]:
-        return [*self.shared, *(o for g in groups for o in g)]
-
-    def base_stage(self) -> Stage | None:
-        base = self.cfg["base"]
-        if base.get("ckpt"):
-            return None
-        overrides = self._overrides(self.cfg["common"], base["overrides"], self.cfg["device"])
-        return Stage("base", "train", overrides, self.out_dir / "base")
-
-    def base_checkpoint(self) -> str:
-        given = self.cfg["base"].get("ckpt")
-        if given:
-            if not Path(given).is_file():
-                raise LmdiscError(f"pipeline.base.ckpt={given} does not exist")
-            return str(Path(given).resolve())
-        return self.base_stage().metrics()["checkpoint"]
-
-    def _data_overrides(self) -> list[str]:
-        """The corpus part of `common`: eval.py and train_disc.py read the same data as the LM stages
-        (rather than the path recorded in the base checkpoint, which may be another machine's)."""
-        return [o for o in self.cfg["common"] if o.split("=", 1)[0].split(".", 1)[0] == "data"]
-
-    def base_eval_stage(self, base_ckpt: str) -> Stage:
-        overrides = [
-            *self.shared,
-            *self._data_overrides(),
-            f"ckpt={base_ckpt}",
-            f"metrics_file={self.out_dir / 'base_eval' / 'metrics.json'}",
-        ]
-        return Stage("base_eval", "eval", overrides, self.out_dir / "base_eval")
-
-    def disc_stage(self, base_ckpt: str) -> Stage:
-        """Train the discriminator, or, given `pipeline.discriminator.ckpt`, only score that one."""
-        given = self.cfg["discriminator"].get("ckpt")
-        if given and not Path(given).is_file():
-            raise LmdiscError(f"pipeline.discriminator.ckpt={given} does not exist")
-        how = [f"disc_ckpt={Path(given).resolve()}"] if given else self.cfg["discriminator"]["overrides"]
-        overrides = self._overrides(self._data_overrides(), [f"lm_ckpt={base_ckpt}"], how, self.cfg["device"])
-        return Stage("discriminator", "train_disc", overrides, self.out_dir / "discriminator")
-
-    def finetune_stages(self, base_ckpt: str, disc_ckpt: str) -> list[Stage]:
-        """Every arm x lr x seed; an arm's overrides may name {disc_ckpt} and {base_ckpt}."""
-        ft = self.cfg["finetune"]
-        stages = []
-        for arm, arm_overrides in ft["arms"].items():
-            for lr in ft["lrs"]:
-                for seed in ft["seeds"]:
-                    name = f"{arm}_lr{_fmt(lr)}_seed{seed}"
-                    overrides = self._overrides(
-                        self.cfg["common"],
-                        ft["overrides"],
-                        [f"init_from={base_ckpt}"],
-                        (o.format(disc_ckpt=disc_ckpt, base_ckpt=base_ckpt) for o in arm_overrides),
-                        [f"optim.optimizer.lr={lr}", f"seed={seed}"],
-                        self.cfg["device"],
-                    )
-                    meta = {"arm": arm, "lr": lr, "seed": seed}
-                    stages.append(Stage(name, "train", overrides, self.out_dir / "finetune" / name, meta))
-        return stages
-
-    def run(self, jobs: int = 1, log=print) -> dict:
-        """Every stage in order; returns what the report needs."""
-        with only_pipeline_in(self.out_dir):
-            return self._run(jobs, log)
-
-    def _run(self, jobs: int, log) -> dict:
-        base = self.base_stage()
-        if base is not None:
-            run_stage(base, log)
-        base_ckpt = self.base_checkpoint()
-        base_metrics = run_stage(self.base_eval_stage(base_ckpt), log)
-        disc_metrics = run_stage(self.disc_stage(base_ckpt), log)
-        stages = self.finetune_stages(base_ckpt, disc_metrics["checkpoint"])
-        run_stages(stages, jobs, log)
-        return {
-            "base_checkpoint": base_ckpt,
-            "base_dir": str(base.out_dir) if base is not None else None,
-            "base": base_metrics,
-            "discriminator": disc_metrics,
-            "runs": [{**s.meta, "dir": str(s.out_dir), **s.metrics()} for s in stages],
-        }
