@@ -49,6 +49,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def load_lm_checkpoint(path: str | Path, option: str = "ckpt") -> dict[str, Any]:
+    """`load_checkpoint` for an option that needs a language model (train.py's): a discriminator
+    checkpoint given by mistake is refused by name rather than failing on its missing weights."""
+    ckpt = load_checkpoint(path)
+    if ckpt["lmdisc"].get("kind") == "discriminator":
+        raise LmdiscError(
+            f"{option}={path} is a discriminator checkpoint (train_disc.py); {option} needs a language "
+            "model checkpoint written by train.py"
+        )
+    return ckpt
+
+
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A fingerprint of a model's weights (names, shapes, dtypes and values), independent of the file."""
     digest = hashlib.sha256()
@@ -133,7 +145,16 @@ def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Mo
     rather than merged into the state dict, where the tied alias would keep the raw value.
     """
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        trained = (ckpt["lmdisc"].get("config") or {}).get("model", {})
+        shown = {k: v for k, v in trained.items() if not isinstance(v, (dict, list))}
+        detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1][:200]
+        raise LmdiscError(
+            f"the checkpoint's weights do not fit this model ({detail}); "
+            f"it was trained with model {shown}: use the same model= options"
+        ) from None
     averaged = ckpt.get("averaged_state_dict") or {}
     with torch.no_grad():
         for name, param in model.named_parameters():

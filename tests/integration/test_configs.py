@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from helpers import compose_train, quick_overrides
 from lmdisc.cli import CONF_DIR
 from lmdisc.cli.train import train
+from lmdisc.cli.train_disc import train_discriminator
 from lmdisc.errors import LmdiscError
 
 GROUPS = ["data", "model", "loss", "optim", "scheduler", "trainer", "callbacks", "logger", "experiment"]
@@ -110,6 +111,9 @@ def test_unknown_option_is_refused(tmp_path, override):
         ("data.bptt=-5", "data.bptt"),
         ("optim.optimizer.lr=0", "optim.optimizer.lr"),
         ("optim.optimizer.lr=-1", "optim.optimizer.lr"),
+        ("optim.optimizer.lr=true", "optim.optimizer.lr"),
+        ("data.batch_size=2.5", "data.batch_size must be a whole number"),
+        ("trainer.max_epochs=true", "trainer.max_epochs must be a whole number"),
     ],
 )
 def test_non_positive_values_are_refused_before_training(tmp_path, tiny_corpus, override, key):
@@ -117,3 +121,19 @@ def test_non_positive_values_are_refused_before_training(tmp_path, tiny_corpus, 
     with pytest.raises(LmdiscError, match=key):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("discriminator.k=2.5", "discriminator.k must be a whole number"),
+        ("discriminator.k=0", "discriminator.k must be a whole number"),
+        ("discriminator.heldout_fraction=1.5", r"discriminator.heldout_fraction must be in \(0, 1\)"),
+        ("discriminator.train_split=valid", "discriminator.train_split must be train or heldout"),
+        ("discriminator.negatives=all", "discriminator.negatives must be one of"),
+    ],
+)
+def test_bad_discriminator_options_are_refused_by_their_own_names(tmp_path, override, message):
+    cfg = compose_train(tmp_path, ["lm_ckpt=never_read.ckpt", override], config_name="train_disc")
+    with pytest.raises(LmdiscError, match=message):
+        train_discriminator(cfg)

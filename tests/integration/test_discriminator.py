@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from helpers import compose_train, disc_overrides, rkl_overrides
+from helpers import compose_train, disc_overrides, quick_overrides, rkl_overrides
 from lmdisc.callbacks.disc_refresh import retrain_discriminator
 from lmdisc.checkpoint import load_checkpoint
+from lmdisc.cli.eval import evaluate
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import score_discriminator, train_discriminator
 from lmdisc.errors import LmdiscError
@@ -220,3 +221,16 @@ def test_a_refresh_retrains_with_the_discriminators_own_optimiser_unless_given_a
     assert not changed()
     retrain_discriminator(rkl, batches, epochs=1, device=torch.device("cpu"), lr=0.5)
     assert changed()
+
+
+def test_a_discriminator_checkpoint_where_an_lm_is_needed_is_refused_by_name(
+    trained_disc, tiny_corpus, tmp_path
+):
+    disc = trained_disc["checkpoint"]
+    refused = pytest.raises(LmdiscError, match="is a discriminator checkpoint")
+    with refused:
+        train(compose_train(tmp_path, [*quick_overrides(tiny_corpus), f"init_from={disc}"]))
+    with refused:
+        evaluate(compose_train(tmp_path, [f"ckpt={disc}", "data=text", f"data.path={tiny_corpus}"], "eval"))
+    with refused:
+        train_discriminator(compose_train(tmp_path, disc_overrides(disc), "train_disc"))

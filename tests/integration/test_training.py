@@ -152,6 +152,13 @@ def test_eval_refuses_a_checkpoint_from_another_vocabulary(trained_run, ptb_dir,
         evaluate(cfg)
 
 
+def test_init_from_a_checkpoint_of_another_architecture_is_refused(trained_run, tiny_corpus, tmp_path):
+    best = trained_run[0] / "checkpoints" / "best.ckpt"  # lstm_small, 2x200
+    overrides = [*quick_overrides(tiny_corpus, model="lstm_medium"), f"init_from={best}"]
+    with pytest.raises(LmdiscError, match=r"do not fit this model .*use the same model= options"):
+        train(compose_train(tmp_path, overrides))
+
+
 def test_truncated_or_foreign_checkpoints_are_refused(trained_run, tmp_path):
     run_dir, _ = trained_run
     data = (run_dir / "checkpoints" / "best.ckpt").read_bytes()

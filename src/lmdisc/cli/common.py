@@ -18,11 +18,21 @@ from lmdisc.io import atomic_write_text
 
 
 def require_positive(cfg: DictConfig, *keys: str) -> None:
-    """Reject zero/negative sizes and rates before any work starts."""
+    """Reject zero/negative rates before any work starts."""
     for key in keys:
         value = OmegaConf.select(cfg, key)
-        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+        ):
             raise LmdiscError(f"{key} must be a positive number, got {value!r}")
+
+
+def require_positive_int(cfg: DictConfig, *keys: str) -> None:
+    """Reject sizes and counts that are not whole numbers >= 1 before any work starts."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise LmdiscError(f"{key} must be a whole number >= 1, got {value!r}")
 
 
 def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmdisc.allocator import keep_freed_memory
-from lmdisc.checkpoint import build_model, check_same_vocab, checkpoint_vocab, load_checkpoint
+from lmdisc.checkpoint import build_model, check_same_vocab, checkpoint_vocab, load_lm_checkpoint
 from lmdisc.data import Vocabulary
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import standard_protocol
@@ -30,7 +30,7 @@ def _device(name: str) -> torch.device:
 
 def score(cfg: DictConfig) -> dict[str, Any]:
     """`score_file=FILE`: per-token surprisal/entropy and per-line perplexity of any text."""
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = load_lm_checkpoint(cfg.ckpt)
     device = _device(cfg.get("device", "auto"))
     model = build_model(ckpt).to(device)
     source = Path(cfg.score_file)
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise LmdiscError("eval.py needs a checkpoint: python eval.py ckpt=PATH [data=ptb]")
     if cfg.get("score_file"):
         return score(cfg)
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = load_lm_checkpoint(cfg.ckpt)
     data_cfg = cfg.get("data") or ckpt["lmdisc"].get("config", {}).get("data")
     if not data_cfg:
         raise LmdiscError("the checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)")

@@ -20,6 +20,7 @@ from lmdisc.checkpoint import (
     check_same_vocab,
     checkpoint_vocab,
     load_checkpoint,
+    load_lm_checkpoint,
     load_lm_weights,
 )
 from lmdisc.errors import LmdiscError
@@ -34,15 +35,15 @@ from .common import (
     instantiate_loggers,
     report_results,
     require_positive,
+    require_positive_int,
     save_resolved_config,
 )
 
-POSITIVE_KEYS = (
+COUNT_KEYS = (
     "data.batch_size",
     "data.eval_batch_size",
     "data.test_batch_size",
     "data.bptt",
-    "optim.optimizer.lr",
     "trainer.max_epochs",
 )
 
@@ -50,7 +51,7 @@ POSITIVE_KEYS = (
 def build_module(cfg: DictConfig, vocab: list[str], run_config: dict) -> LanguageModel:
     model = instantiate(cfg.model, vocab_size=len(vocab))
     if cfg.get("init_from"):
-        ckpt = load_checkpoint(cfg.init_from)
+        ckpt = load_lm_checkpoint(cfg.init_from, "init_from")
         check_same_vocab(checkpoint_vocab(ckpt), vocab, what=f"init_from checkpoint {cfg.init_from}")
         load_lm_weights(model, ckpt)
     scheduler = cfg.scheduler.get("scheduler")
@@ -74,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise LmdiscError(
             "this experiment is a pipeline, not a single run: python reproduce.py experiment=<the same name>"
         )
-    require_positive(cfg, *POSITIVE_KEYS)
+    require_positive(cfg, "optim.optimizer.lr")
+    require_positive_int(cfg, *COUNT_KEYS)
     output_dir = Path(cfg.paths.output_dir)
     run_config = save_resolved_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)

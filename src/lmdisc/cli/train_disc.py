@@ -21,12 +21,13 @@ from lmdisc.checkpoint import (
     check_discriminator_of,
     check_same_vocab,
     checkpoint_vocab,
-    load_checkpoint,
     load_discriminator,
+    load_lm_checkpoint,
     weights_sha256,
 )
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
+from lmdisc.losses.discriminator import NEGATIVES
 from lmdisc.models.discriminator import build_discriminator
 from lmdisc.modules.disc import ZERO_HEAD_BCE, DiscriminatorModule
 
@@ -36,6 +37,7 @@ from .common import (
     instantiate_callbacks,
     instantiate_loggers,
     require_positive,
+    require_positive_int,
     save_resolved_config,
 )
 
@@ -64,7 +66,7 @@ def _frozen_lm(cfg: DictConfig, disc_cfg: DictConfig):
     """The LM (q_0), its fingerprint, and the corpus split the way `disc_cfg` says."""
     if not cfg.get("lm_ckpt"):
         raise LmdiscError("train_disc.py needs the language model: python train_disc.py lm_ckpt=PATH")
-    lm_ckpt = load_checkpoint(cfg.lm_ckpt)
+    lm_ckpt = load_lm_checkpoint(cfg.lm_ckpt, "lm_ckpt")
     if lm_ckpt["lmdisc"].get("kind") == "discriminator":
         raise LmdiscError(f"{cfg.lm_ckpt} is a discriminator checkpoint; lm_ckpt must be a language model")
     L.seed_everything(cfg.seed, workers=True)
@@ -98,9 +100,24 @@ def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
     )
 
 
+def check_discriminator_options(disc_cfg: DictConfig) -> None:
+    """The discriminator group's choices, refused under their own names before the LM loads."""
+    if disc_cfg.train_split not in ("train", "heldout"):
+        raise LmdiscError(f"discriminator.train_split must be train or heldout, got {disc_cfg.train_split!r}")
+    fraction = disc_cfg.heldout_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise LmdiscError(f"discriminator.heldout_fraction must be in (0, 1), got {fraction!r}")
+    if disc_cfg.negatives not in NEGATIVES:
+        raise LmdiscError(
+            f"discriminator.negatives must be one of {list(NEGATIVES)}, got {disc_cfg.negatives!r}"
+        )
+
+
 def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
-    require_positive(cfg, "optim.optimizer.lr", "trainer.max_epochs", "discriminator.k")
+    require_positive(cfg, "optim.optimizer.lr")
+    require_positive_int(cfg, "trainer.max_epochs", "discriminator.k")
     disc_cfg = cfg.discriminator
+    check_discriminator_options(disc_cfg)
     lm, lm_info, datamodule = _frozen_lm(cfg, disc_cfg)
     output_dir = Path(cfg.paths.output_dir)
     vocab = datamodule.vocab.words

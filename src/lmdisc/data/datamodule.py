@@ -67,9 +67,9 @@ class LMDataModule(L.LightningDataModule):
             raise LmdiscError(f"data.train_eval_tokens must be >= 0, got {train_eval_tokens}")
         self.train_eval_tokens = train_eval_tokens
         if train_split not in ("train", "heldout"):
-            raise LmdiscError(f"data.train_split must be train or heldout, got {train_split!r}")
+            raise LmdiscError(f"train_split must be train or heldout, got {train_split!r}")
         if not 0 < heldout_fraction < 1:
-            raise LmdiscError(f"data.heldout_fraction must be in (0, 1), got {heldout_fraction}")
+            raise LmdiscError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
         self.train_split = train_split
         self.heldout_fraction = heldout_fraction
         self.fixed_vocab = vocab

@@ -174,8 +174,8 @@ def reverse_kl_from_checkpoints(
     from lmdisc.checkpoint import (
         build_model,
         check_discriminator_of,
-        load_checkpoint,
         load_discriminator,
+        load_lm_checkpoint,
         weights_sha256,
     )
     from lmdisc.errors import LmdiscError
@@ -184,7 +184,7 @@ def reverse_kl_from_checkpoints(
         raise LmdiscError("loss=rkl_disc fine-tunes a trained LM: set init_from=PATH (it also becomes q_0)")
     if discriminator not in ("ckpt", "none"):
         raise LmdiscError(f"loss.discriminator must be ckpt or none, got {discriminator!r}")
-    reference = load_checkpoint(reference_ckpt)
+    reference = load_lm_checkpoint(reference_ckpt, "init_from")
     q0 = build_model(reference)
     if discriminator == "none":
         return ReverseKLLoss(q0, None)
