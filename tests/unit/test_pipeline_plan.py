@@ -6,7 +6,9 @@ from helpers import compose_train
 from lmdisc.cli.reproduce import reproduce
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce import Pipeline
+from lmdisc.reproduce import stages as stages_module
 from lmdisc.reproduce.pipeline import check_grid
+from lmdisc.reproduce.stages import Stage, run_stages
 
 GRID = {"arms": {"ce": ["loss=ce"]}, "lrs": [0.3, 1.0], "seeds": [1, 2], "overrides": []}
 
@@ -78,3 +80,12 @@ def test_reproduce_refuses_bad_options_before_running_a_stage(tmp_path, override
     with pytest.raises(LmdiscError, match=message):
         reproduce(compose_train(tmp_path, [override], "reproduce"))
     assert not (tmp_path / "run" / "base").exists()
+
+
+def test_the_grid_reports_how_many_runs_are_finished_and_the_time_left(tmp_path, monkeypatch):
+    stages = [Stage(f"run{i}", "train", [], tmp_path / f"run{i}") for i in range(3)]
+    monkeypatch.setattr(stages_module, "run_stage", lambda stage, log, jobs: {"name": stage.name})
+    lines = []
+    assert run_stages(stages, jobs=2, log=lines.append) == [{"name": f"run{i}"} for i in range(3)]
+    assert lines[0].startswith("[grid] 1/3 finished, ~0 min left (0.0 min a run, 2 at a time)")
+    assert lines[-1] == "[grid] 3/3 finished"

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -199,12 +200,38 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
     return stage.metrics()
 
 
+class _GridProgress:
+    """After each stage: how many of the grid are finished and, from the runs timed so far, about
+    how long the rest will take at `jobs` at a time."""
+
+    def __init__(self, total: int, jobs: int, log):
+        self.total, self.jobs, self.log = total, jobs, log
+        self.finished, self.run_seconds = 0, []
+        self.lock = threading.Lock()
+
+    def run(self, stage: Stage) -> dict:
+        start, was_done = time.monotonic(), stage.done
+        metrics = run_stage(stage, self.log, self.jobs)
+        with self.lock:
+            self.finished += 1
+            if not was_done:
+                self.run_seconds.append(time.monotonic() - start)
+            left = self.total - self.finished
+            line = f"[grid] {self.finished}/{self.total} finished"
+            if self.run_seconds and left:
+                mean = sum(self.run_seconds) / len(self.run_seconds)
+                line += f", ~{mean * left / self.jobs / 60:.0f} min left ({mean / 60:.1f} min a run, {self.jobs} at a time)"
+            self.log(line)
+        return metrics
+
+
 def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
     """Run independent stages, `jobs` at a time; the first failure is raised after all finish."""
+    progress = _GridProgress(len(stages), jobs, log)
     if jobs <= 1:
-        return [run_stage(s, log) for s in stages]
+        return [progress.run(s) for s in stages]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_stage, s, log, jobs) for s in stages]
+        futures = [pool.submit(progress.run, s) for s in stages]
         return [f.result() for f in futures]
 
 
