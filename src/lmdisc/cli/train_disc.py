@@ -100,6 +100,17 @@ def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
     )
 
 
+def _write_metrics(
+    trainer: L.Trainer, output_dir: Path, metrics: dict, lm_info: dict, train_split: str
+) -> dict:
+    """metrics.json, with which LM and split the numbers are for; then the loggers are closed."""
+    metrics = {**metrics, "lm": lm_info["path"], "lm_sha256": lm_info["sha256"], "train_split": train_split}
+    if trainer.is_global_zero:
+        atomic_write_json(metrics, output_dir / "metrics.json")
+    close_loggers()
+    return metrics
+
+
 def check_discriminator_options(disc_cfg: DictConfig) -> None:
     """The discriminator group's choices, refused under their own names before the LM loads."""
     if disc_cfg.train_split not in ("train", "heldout"):
@@ -156,14 +167,12 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
     trainer = _trainer(cfg, [checkpoint])
     trainer.fit(module, datamodule=datamodule)
     metrics = _val_metrics(trainer)
-    metrics.update(
-        {"lm": lm_info["path"], "lm_sha256": lm_info["sha256"], "train_split": disc_cfg.train_split}
-    )
     if not trainer.fast_dev_run:
         if not checkpoint.best_model_path:
             raise LmdiscError(
                 f"the discriminator never beat the zero head (val/disc_bce >= 2 ln 2 = {ZERO_HEAD_BCE:.4f}); nothing "
-                "was saved. Try discriminator=lm_frozen, more dropout or weight decay, or discriminator.train_split=heldout"
+                "was saved. Try discriminator.train_split=heldout, a smaller optim.optimizer.lr, "
+                "discriminator=freq_class, or more dropout or weight decay"
             )
         # report the saved discriminator, not the last validation: re-validate the best checkpoint
         trainer.validate(
@@ -180,10 +189,7 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
                 "best_val_disc_bce": float(checkpoint.best_model_score),
             }
         )
-    if trainer.is_global_zero:
-        atomic_write_json(metrics, output_dir / "metrics.json")
-    close_loggers()
-    return metrics
+    return _write_metrics(trainer, output_dir, metrics, lm_info, disc_cfg.train_split)
 
 
 def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
@@ -204,19 +210,9 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
     trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = _val_metrics(trainer)
     metrics.update(
-        {
-            "lm": lm_info["path"],
-            "lm_sha256": lm_info["sha256"],
-            "train_split": saved_cfg.train_split,
-            "checkpoint": disc_path,
-            "best_val_disc_bce": metrics["val/disc_bce"],
-            "scored_only": True,
-        }
+        {"checkpoint": disc_path, "best_val_disc_bce": metrics["val/disc_bce"], "scored_only": True}
     )
-    if trainer.is_global_zero:
-        atomic_write_json(metrics, Path(cfg.paths.output_dir) / "metrics.json")
-    close_loggers()
-    return metrics
+    return _write_metrics(trainer, Path(cfg.paths.output_dir), metrics, lm_info, saved_cfg.train_split)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
