@@ -41,6 +41,7 @@ def test_train_disc_on_cuda_beats_the_zero_head(trained_run, tmp_path, precision
         "trainer.accelerator=gpu",
         f"trainer.precision={precision}",
         "trainer.max_epochs=3",
+        "optim.optimizer.lr=0.001",  # the tiny corpus's rate (as in conftest's trained_disc), not lm_frozen's 1e-4
         "discriminator.train_split=heldout",
     ]
     metrics = train_discriminator(compose_train(tmp_path, overrides, "train_disc"))
