@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,22 +13,33 @@ import torch
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it where Linux shows it (os.umask can only read
+    it by setting it, which races with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
-# read once, at import: os.umask can only be read by setting it, which is not thread-safe
-_FILE_MODE = 0o666 & ~_umask()
+def _mode_for(path: Path) -> int:
+    """A replaced file keeps its mode; a new one gets what open() would have given it."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`. The temporary file is
-    created private (0600); it gets the mode a plain open() would have given before the rename."""
+    created private (0600); before the rename it gets the mode a plain write would have left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _FILE_MODE)
+    os.fchmod(fd, _mode_for(path))
     os.close(fd)
     try:
         write(tmp)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import compose_train, disc_overrides, quick_overrides, rkl_overrides
-from lmdisc.callbacks.disc_refresh import retrain_discriminator
+from lmdisc.callbacks.disc_refresh import retrain_discriminator, training_recipe
 from lmdisc.checkpoint import load_checkpoint
 from lmdisc.cli.eval import evaluate
 from lmdisc.cli.train import train
@@ -217,9 +217,10 @@ def test_a_refresh_retrains_with_the_discriminators_own_optimiser_unless_given_a
     def changed() -> bool:
         return any(not torch.equal(before[k], v) for k, v in rkl.discriminator.state_dict().items())
 
-    retrain_discriminator(rkl, batches, epochs=1, device=torch.device("cpu"))
+    cpu = torch.device("cpu")
+    retrain_discriminator(rkl, batches, 1, cpu, training_recipe(rkl.discriminator_run_config))
     assert not changed()
-    retrain_discriminator(rkl, batches, epochs=1, device=torch.device("cpu"), lr=0.5)
+    retrain_discriminator(rkl, batches, 1, cpu, training_recipe(rkl.discriminator_run_config, lr=0.5))
     assert changed()
 
 

@@ -84,7 +84,7 @@ def test_an_interrupted_training_stage_goes_on_from_its_last_checkpoint(tiny_cor
     # as if the two-epoch run had been stopped after its first epoch, having logged a row after it
     (out_dir / "metrics.json").unlink()
     record = json.loads(two_epochs.record_file.read_text())
-    two_epochs.record_file.write_text(json.dumps({**record, **two_epochs.identity()}))
+    two_epochs.record_file.write_text(json.dumps({**record, "identity": two_epochs.identity()}))
     csv_file = out_dir / "csv" / "version_0" / "metrics.csv"
     header = csv_file.read_text().splitlines()[0].split(",")
     late = {"step": str(first["global_step"] + 1), "val/ppl": "1e9"}  # logged after the checkpoint
@@ -109,12 +109,11 @@ def test_a_training_stage_whose_overrides_changed_is_run_again(tiny_corpus, tmp_
     again = run_stage(
         Stage("ft", "train", [*common, "trainer.max_epochs=1", "seed=5"], out_dir), log=lines.append
     )
-    assert (
-        lines[0].startswith("[clear] ft")
-        and "other overrides" in lines[0]
-        and lines[1].startswith("[run ] ft")
-    )
+    assert lines[0].startswith("[clear] ft") and "other overrides or inputs (+seed=5)" in lines[0]
+    assert lines[1].startswith("[run ] ft")
     assert again["epochs"] == 1 and not (out_dir / "csv" / "version_1").exists()
+    (aside,) = tmp_path.glob("stage.replaced-*")  # the interrupted run's checkpoint is kept
+    assert (aside / "checkpoints" / "last.ckpt").is_file()
 
 
 def _eval_stage(ckpt, corpus, out_dir, where=()) -> Stage:
@@ -138,13 +137,23 @@ def test_a_finished_stage_is_reused_wherever_it_runs_and_run_again_when_its_inpu
     lines = []
     moved = _eval_stage(ckpt, tiny_corpus, out_dir, where=["trainer.enable_progress_bar=false"])
     assert run_stage(moved, log=lines.append) == first and lines[0].startswith("[skip] base_eval")
+    # the pipeline directory moved elsewhere, its input copied there: the same stage
+    copied, relocated = tmp_path / "elsewhere" / "base.ckpt", tmp_path / "elsewhere" / "base_eval"
+    copied.parent.mkdir()
+    shutil.copy(ckpt, copied)
+    out_dir.rename(relocated)
+    lines.clear()
+    assert run_stage(_eval_stage(copied, tiny_corpus, relocated), log=lines.append) == first
+    assert lines[0].startswith("[skip] base_eval")
+    relocated.rename(out_dir)
     # the base re-trained in place: same path, other weights
     state = torch.load(ckpt, weights_only=True)
     state["state_dict"] = {k: v * 0.5 for k, v in state["state_dict"].items()}
     torch.save(state, ckpt)
     lines.clear()
     again = run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lines.append)
-    assert lines[0].startswith("[clear] base_eval") and "ckpt content changed" in lines[0]
+    assert lines[0].startswith("[again] base_eval") and "(ckpt content changed)" in lines[0]
+    assert lines[1].startswith("[clear] base_eval") and "moved to" in lines[1]
     assert again["test/ppl"] != first["test/ppl"]
 
 
@@ -158,7 +167,7 @@ def test_a_finished_stage_whose_overrides_changed_is_run_again_and_one_without_a
     bigger.overrides.append("data.eval_batch_size=2")
     lines = []
     run_stage(bigger, log=lines.append)
-    assert lines[0].startswith("[clear] base_eval") and "+data.eval_batch_size=2" in lines[0]
+    assert lines[0].startswith("[again] base_eval") and "(+data.eval_batch_size=2)" in lines[0]
     bigger.record_file.unlink()  # as a pipeline directory written before stage records existed
     lines.clear()
     run_stage(_eval_stage(ckpt, tiny_corpus, out_dir), log=lines.append)

@@ -13,14 +13,30 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_written_files_get_the_umask_mode_not_the_private_temporary_one(tmp_path):
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_new_files_get_the_umask_mode_not_the_private_temporary_one(tmp_path, umask_022):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
+    assert _mode(plain) == 0o644
     atomic_write_text("x", tmp_path / "a.txt")
     atomic_write_json({"a": 1}, tmp_path / "a.json")
     atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "a.ckpt")
     for name in ("a.txt", "a.json", "a.ckpt"):
-        assert _mode(tmp_path / name) == _mode(plain), name
+        assert _mode(tmp_path / name) == 0o644, name
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask_022):
+    path = tmp_path / "results.md"
+    path.write_text("old")
+    path.chmod(0o640)
+    atomic_write_text("new", path)
+    assert path.read_text() == "new" and _mode(path) == 0o640
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from lmdisc.callbacks import NTASGD
+from lmdisc.callbacks.disc_refresh import training_recipe
+from lmdisc.errors import LmdiscError
 from lmdisc.losses import CompositeLoss, CrossEntropyLoss
 from lmdisc.models import LSTMLanguageModel
 from lmdisc.modules import LanguageModel
@@ -88,3 +90,39 @@ def test_nt_asgd_triggers_on_non_monotone_validation_and_averages():
     fresh.load_state_dict(cb.state_dict())
     fresh.on_load_checkpoint(trainer, module, checkpoint)
     assert fresh.triggered and fresh.n_averaged == 2 and fresh.history == cb.history
+
+
+def _adamw(**extra) -> dict:
+    return {"optim": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 0.01, **extra}}}
+
+
+def test_refresh_recipe_builds_the_recorded_optimiser_at_its_rate_or_the_given_one():
+    param = torch.nn.Parameter(torch.zeros(3))
+    make, _ = training_recipe(_adamw(weight_decay=0.5))  # no _partial_ recorded: added
+    optimizer = make(params=[param])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["lr"] == 0.01
+    assert optimizer.param_groups[0]["weight_decay"] == 0.5
+    assert training_recipe(_adamw(), lr=0.2)[0](params=[param]).param_groups[0]["lr"] == 0.2
+
+
+@pytest.mark.parametrize(("algorithm", "expected"), [("norm", [0.6, 0.8]), ("value", [1.0, 1.0])])
+def test_refresh_recipe_clips_as_the_discriminator_was_clipped(algorithm, expected):
+    run = {**_adamw(), "trainer": {"gradient_clip_val": 1.0, "gradient_clip_algorithm": algorithm}}
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([3.0, 4.0])
+    training_recipe(run)[1]([param])
+    assert param.grad.tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({}, "does not record its optimiser"),
+        ({"optim": {"optimizer": {"lr": 0.01}}}, "does not record its optimiser"),
+        ({"optim": {"optimizer": {"_target_": "torch.optim.NoSuchOptimiser"}}}, "cannot build"),
+        ({**_adamw(), "trainer": {"gradient_clip_algorithm": "sideways"}}, "gradient_clip_algorithm"),
+    ],
+)
+def test_a_refresh_recipe_that_cannot_work_is_refused_up_front(run, message):
+    with pytest.raises(LmdiscError, match=message):
+        training_recipe(run)

@@ -68,6 +68,14 @@ def test_a_long_interval_leaves_only_validation_and_epoch_lines(capsys):
     assert sum(": finished in " in line for line in lines) == EPOCHS
 
 
+def test_a_validation_outside_fit_is_not_labelled_with_an_epoch(capsys):
+    bar = TextProgressBar(every_s=3600)
+    rows = torch.ones(BATCHES * BATCH_SHAPE[0], BATCH_SHAPE[1])
+    trainer = L.Trainer(callbacks=[bar], logger=False, enable_model_summary=False, accelerator="cpu")
+    trainer.validate(_Toy(), DataLoader(TensorDataset(rows, rows), batch_size=BATCH_SHAPE[0]), verbose=False)
+    assert capsys.readouterr().out.splitlines()[-1] == "validation · val/ppl 7"
+
+
 def test_a_disabled_bar_prints_nothing(capsys):
     bar = TextProgressBar(every_s=0)
     bar.disable()

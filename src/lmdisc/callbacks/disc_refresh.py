@@ -5,6 +5,8 @@ KL(q_θ‖p) rather than a q_0 that fine-tuning has already left behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -23,27 +25,52 @@ def find_reverse_kl(loss) -> ReverseKLLoss | None:
     return next((fn for _, fn in terms.values() if isinstance(fn, ReverseKLLoss)), None)
 
 
+def training_recipe(run: dict, lr: float | None = None) -> tuple[Callable, Callable]:
+    """How the discriminator was trained, from its checkpoint's config (train_disc.py's): an
+    optimiser factory, at `lr` if given, and its gradient clipping. Built when fine-tuning starts,
+    so a recipe that cannot work fails then, not at the first refresh an epoch later."""
+    optimizer_cfg = dict((run.get("optim") or {}).get("optimizer") or {})
+    if "_target_" not in optimizer_cfg:
+        raise LmdiscError(
+            "the discriminator checkpoint does not record its optimiser (optim.optimizer._target_); "
+            "re-train it with train_disc.py to refresh it"
+        )
+    optimizer_cfg["_partial_"] = True
+    if lr is not None:
+        optimizer_cfg["lr"] = lr
+    try:
+        factory = instantiate(optimizer_cfg)
+    except Exception as err:  # hydra wraps import and argument errors alike
+        raise LmdiscError(
+            f"cannot build the discriminator's optimiser {optimizer_cfg['_target_']}: {err}"
+        ) from None
+    trainer = run.get("trainer") or {}
+    value, algorithm = trainer.get("gradient_clip_val"), trainer.get("gradient_clip_algorithm") or "norm"
+    if algorithm not in ("norm", "value"):
+        raise LmdiscError(f"unknown gradient_clip_algorithm {algorithm!r} in the discriminator checkpoint")
+    clip_fn = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
+
+    def clip(params) -> None:
+        if value:
+            clip_fn(params, value)
+
+    return factory, clip
+
+
 def retrain_discriminator(
-    rkl: ReverseKLLoss, loader, epochs: int, device: torch.device, lr: float | None = None
+    rkl: ReverseKLLoss, loader, epochs: int, device: torch.device, recipe: tuple[Callable, Callable]
 ) -> float:
-    """The discriminator's BCE against the (new) q_0, warm-started, with the optimiser and gradient
-    clipping it was trained with (its checkpoint's config), at `lr` if given; returns the last
-    epoch's mean BCE."""
+    """The discriminator's BCE against the (new) q_0, warm-started, trained by `recipe`
+    (`training_recipe`); returns the last epoch's mean BCE."""
     disc, lm = rkl.discriminator, rkl.reference.to(device).eval()
-    run = rkl.discriminator_run_config
-    cfg = run.get("discriminator", {})
+    cfg = rkl.discriminator_run_config.get("discriminator", {})
     disc.to(device).train().requires_grad_(True)
     encoder = disc.encoder
     if isinstance(encoder, LMBodyEncoder) and not encoder.trainable:
         encoder.body.requires_grad_(False)
     params = [p for p in disc.parameters() if p.requires_grad]
-    optimizer_cfg = dict(run.get("optim", {}).get("optimizer") or {})
-    if not optimizer_cfg:
-        raise LmdiscError("the discriminator checkpoint does not record its optimiser (optim.optimizer)")
-    if lr is not None:
-        optimizer_cfg["lr"] = lr
-    optimizer = instantiate(optimizer_cfg)(params=params)
-    clip = (run.get("trainer") or {}).get("gradient_clip_val")
+    make_optimizer, clip = recipe
+    optimizer = make_optimizer(params=params)
     total = count = 0.0
     for _ in range(epochs):
         total = count = 0.0
@@ -60,8 +87,7 @@ def retrain_discriminator(
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+            clip(params)
             optimizer.step()
             total, count = total + loss.detach().item(), count + 1
     disc.eval().requires_grad_(False)
@@ -91,6 +117,7 @@ class DiscriminatorRefresh(Callback):
             raise LmdiscError(
                 "loss.refresh_every_n_epochs needs loss=rkl_disc with a discriminator checkpoint"
             )
+        self._recipe = training_recipe(rkl.discriminator_run_config, self.lr)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -107,7 +134,7 @@ class DiscriminatorRefresh(Callback):
             cfg.get("train_split", "train"), cfg.get("heldout_fraction", 0.5)
         )
         with torch.enable_grad():
-            bce = retrain_discriminator(rkl, loader, self.epochs, pl_module.device, self.lr)
+            bce = retrain_discriminator(rkl, loader, self.epochs, pl_module.device, self._recipe)
         pl_module.log("refresh/disc_bce", bce)
         rank_zero_info(
             f"epoch {epoch}: q_0 reset to the current model, discriminator re-trained (train BCE {bce:.4f})"

@@ -74,11 +74,8 @@ class TextProgressBar(ProgressBar):
         self._last_line = now
         done, total = batch_idx + 1, self.total_train_batches
         elapsed = max(now - self._epoch_start, 1e-9)
-        parts = [
-            f"{self._epoch_label(trainer)}: batch {done:,}/{total:,}"
-            if math.isfinite(total)
-            else f"batch {done:,}"
-        ]
+        of_total = f"/{total:,}" if math.isfinite(total) else ""
+        parts = [f"{self._epoch_label(trainer)}: batch {done:,}{of_total}"]
         if math.isfinite(total) and total > 0:
             parts[0] += f" ({100 * done / total:.1f}%)"
             parts.append(f"{_duration(elapsed)} elapsed, ~{_duration(elapsed / done * (total - done))} left")
@@ -94,7 +91,9 @@ class TextProgressBar(ProgressBar):
         self._val_seconds += time.monotonic() - self._val_start
         if self._enabled and not trainer.sanity_checking:
             metrics = self._metrics(trainer, pl_module, "val/")
-            self.print(f"{self._epoch_label(trainer)}: validation · {metrics or 'done'}", flush=True)
+            # trainer.validate() outside fit (re-validating a best checkpoint) belongs to no epoch
+            where = f"{self._epoch_label(trainer)}: " if trainer.state.fn == "fit" else ""
+            self.print(f"{where}validation · {metrics or 'done'}", flush=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._enabled:

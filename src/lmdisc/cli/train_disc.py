@@ -67,8 +67,6 @@ def _frozen_lm(cfg: DictConfig, disc_cfg: DictConfig):
     if not cfg.get("lm_ckpt"):
         raise LmdiscError("train_disc.py needs the language model: python train_disc.py lm_ckpt=PATH")
     lm_ckpt = load_lm_checkpoint(cfg.lm_ckpt, "lm_ckpt")
-    if lm_ckpt["lmdisc"].get("kind") == "discriminator":
-        raise LmdiscError(f"{cfg.lm_ckpt} is a discriminator checkpoint; lm_ckpt must be a language model")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = _datamodule(cfg, lm_ckpt, disc_cfg)
     check_same_vocab(checkpoint_vocab(lm_ckpt), datamodule.vocab.words, what=f"LM checkpoint {cfg.lm_ckpt}")

@@ -91,12 +91,10 @@ class Pipeline:
         return [o for o in self.cfg["common"] if o.split("=", 1)[0].split(".", 1)[0] == "data"]
 
     def base_eval_stage(self, base_ckpt: str) -> Stage:
-        overrides = [
-            *self._data_overrides(),
-            f"ckpt={base_ckpt}",
-            f"metrics_file={self.out_dir / 'base_eval' / 'metrics.json'}",
-        ]
-        return Stage("base_eval", "eval", overrides, self.out_dir / "base_eval", where=self.shared)
+        out_dir = self.out_dir / "base_eval"
+        overrides = [*self._data_overrides(), f"ckpt={base_ckpt}"]
+        where = [*self.shared, f"metrics_file={out_dir / 'metrics.json'}"]
+        return Stage("base_eval", "eval", overrides, out_dir, where=where)
 
     def disc_stage(self, base_ckpt: str) -> Stage:
         """Train the discriminator, or, given `pipeline.discriminator.ckpt`, only score that one."""

@@ -1,19 +1,16 @@
 """The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
-directory and process. Before a stage runs, its stage.json records what it computes: its overrides
-and the sha256 of the checkpoints they name. A stage whose metrics.json exists and whose record
-matches is done and skipped, so re-running the same command resumes an interrupted pipeline; a
-finished stage whose overrides or input checkpoints changed is cleared and run again, and so is an
-unfinished one, except a training stage with the same record and a last.ckpt (the last finished
-epoch), which goes on from there. Where a stage runs (paths, device) is not part of the record.
-Fine-tuning runs may run `jobs` at a time.
+directory and process. Before a stage runs, its stage.json records what it computes (its
+overrides' identity, see `identity.py`). A stage whose metrics.json exists and whose record
+matches is done and reused, so re-running the same command resumes an interrupted pipeline; an
+interrupted training stage with a matching record goes on from its last.ckpt (the last finished
+epoch). A stage whose record differs is run again, its old directory moved aside rather than
+deleted. Where a stage runs (`where`: paths, device) is not part of the record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -30,13 +27,13 @@ from lmdisc.checkpoint import load_checkpoint
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 
+from .identity import describe_change, override_identity
+
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
-# overrides naming a checkpoint a stage reads: their files' contents are part of its record
-INPUT_KEYS = ("init_from", "ckpt", "lm_ckpt", "disc_ckpt", "loss.discriminator_ckpt")
 
 
 def stage_record(out_dir: Path) -> dict:
-    """A stage's stage.json: its overrides, its input checkpoints' sha256 and, for a training stage,
+    """A stage's stage.json: its overrides as given, their `identity` and, for a training stage,
     the step each resumed run started at, by CSV log version ({} before its first run)."""
     path = Path(out_dir) / "stage.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -48,29 +45,10 @@ def csv_log_versions(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.name[8:]), p) for p in found if p.name[8:].isdigit())
 
 
-@functools.cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _identity_change(recorded: dict, identity: dict) -> str:
-    """What differs between a stage's recorded identity and its current one, for the log."""
-    old, new = recorded.get("overrides") or [], identity["overrides"]
-    changes = [f"-{o}" for o in old if o not in new] + [f"+{o}" for o in new if o not in old]
-    old_inputs = recorded.get("inputs") or {}
-    changes += [
-        f"{key} content changed"
-        for key, digest in identity["inputs"].items()
-        if old_inputs.get(key) != digest
-    ]
-    return ", ".join(changes) or "recorded by an older lmdisc"
-
-
 @dataclass
 class Stage:
     """One run of an entry point. `overrides` say what it computes (recorded and compared);
-    `where` says where it runs (paths, device), passed after them but never compared."""
+    `where` says where it runs (paths, device, output files), passed after them, never compared."""
 
     name: str
     entry: str
@@ -99,26 +77,25 @@ class Stage:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
     def identity(self) -> dict:
-        """What makes two runs of this stage the same: its overrides and the sha256 of the
-        checkpoints they name (a re-trained base keeps its path but not its contents)."""
-        inputs = {}
-        for override in self.overrides:
-            key, _, value = override.partition("=")
-            if key in INPUT_KEYS and Path(value).is_file():
-                info = Path(value).stat()
-                inputs[key] = _file_sha256(str(Path(value).resolve()), info.st_size, info.st_mtime_ns)
-        return {"overrides": list(self.overrides), "inputs": inputs}
+        return override_identity(self.overrides)
 
-    def matches_record(self) -> bool:
-        record = stage_record(self.out_dir)
-        return {k: record.get(k) for k in ("overrides", "inputs")} == self.identity()
+    @property
+    def predates_records(self) -> bool:
+        """A directory written before stages recorded an identity: trusted as it is (and logged so)."""
+        return "identity" not in stage_record(self.out_dir)
+
+    def record_change(self) -> str | None:
+        """None if the recorded identity is this stage's, else how it differs (for the log)."""
+        recorded = stage_record(self.out_dir).get("identity")
+        identity = self.identity()
+        return None if recorded == identity else describe_change(recorded or {}, identity)
 
     @property
     def resume_checkpoint(self) -> Path | None:
         """An interrupted training run's last.ckpt (an epoch end), if it ran as this stage would."""
         if self.entry != "train" or not self.last_checkpoint.is_file():
             return None
-        return self.last_checkpoint if self.matches_record() else None
+        return self.last_checkpoint if self.predates_records or self.record_change() is None else None
 
     def write_record(self, resume: Path | None) -> None:
         """Before a run starts: its identity, and if it resumes, the checkpoint's step under the
@@ -127,7 +104,8 @@ class Stage:
         if resume:
             next_version = max((n for n, _ in csv_log_versions(self.out_dir)), default=-1) + 1
             resumed_at[str(next_version)] = load_checkpoint(resume)["global_step"]
-        atomic_write_json({**self.identity(), "resumed_at": resumed_at}, self.record_file)
+        record = {"overrides": list(self.overrides), "identity": self.identity(), "resumed_at": resumed_at}
+        atomic_write_json(record, self.record_file)
 
     def command(self, resume: Path | None = None) -> list[str]:
         return [
@@ -149,40 +127,58 @@ def _stage_env(jobs: int) -> dict[str, str]:
 
 
 def _reusable(stage: Stage, log) -> bool:
-    """A finished stage is reused if it ran as this one would, or if its directory predates
-    input records (no stage.json, or one without `inputs`): trusted, and the log says so."""
+    """A finished stage is reused if it ran as this one would, or if it predates records."""
     if not stage.done:
         return False
-    if "inputs" not in stage_record(stage.out_dir):
+    if stage.predates_records:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists (written before stage records: not checked)")
         return True
-    if stage.matches_record():
+    change = stage.record_change()
+    if change is None:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
         return True
-    change = _identity_change(stage_record(stage.out_dir), stage.identity())
-    log(f"[clear] {stage.name}: finished with other overrides or inputs ({change}); running it again")
-    shutil.rmtree(stage.out_dir)
+    log(f"[again] {stage.name}: it finished with other overrides or inputs ({change})")
     return False
 
 
 def _unfinished(stage: Stage) -> str:
-    """Why an unfinished run in a stage's directory cannot be resumed, for the log."""
-    if stage.entry != "train":
-        return "an unfinished run"
-    if not stage.last_checkpoint.is_file():
+    """Why a run in a stage's directory is not reused or resumed, for the log."""
+    if stage.done:
+        return "a finished run with other overrides or inputs"
+    if stage.entry == "train" and not stage.last_checkpoint.is_file():
         return "an unfinished run with no finished epoch"
-    change = _identity_change(stage_record(stage.out_dir), stage.identity())
-    return f"an unfinished run with other overrides or inputs ({change})"
+    if stage.entry == "train":
+        return f"an unfinished run with other overrides or inputs ({stage.record_change()})"
+    return "an unfinished run"
+
+
+def _set_aside(stage: Stage, log) -> None:
+    """Clear a stage's directory for a new run. A finished run or a checkpoint is moved aside
+    (`<dir>.replaced-<time>`), never deleted: an hours-long base is not lost to a typo."""
+    why = _unfinished(stage)
+    if stage.done or any(stage.out_dir.glob("checkpoints/*.ckpt")):
+        aside = stage.out_dir.with_name(f"{stage.out_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        stage.out_dir.rename(aside)
+        log(f"[clear] {stage.name}: {stage.out_dir} held {why}; moved to {aside}, running it again")
+    else:
+        shutil.rmtree(stage.out_dir)
+        log(f"[clear] {stage.name}: {stage.out_dir} held {why}; running it again")
 
 
 def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
     """Run one stage (or reuse it, see `_reusable`); its output goes to out_dir/stage.log."""
+    return _run_stage(stage, log, jobs)[0]
+
+
+def _run_stage(stage: Stage, log, jobs: int) -> tuple[dict, bool]:
+    """`run_stage`, also saying whether the stage ran (False: reused)."""
     if _reusable(stage, log):
-        return stage.metrics()
-    resume = stage.resume_checkpoint
+        return stage.metrics(), False
+    resume = None if stage.done else stage.resume_checkpoint
+    if resume is not None and stage.predates_records:
+        log(f"[resume] {stage.name}: its stage.json predates identity records: not checked")
     if resume is None and stage.out_dir.exists():
-        log(f"[clear] {stage.name}: {stage.out_dir} holds {_unfinished(stage)}; running it again")
-        shutil.rmtree(stage.out_dir)
+        _set_aside(stage, log)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
     stage.write_record(resume)
     command = stage.command(resume)
@@ -197,7 +193,7 @@ def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
             f"stage {stage.name} failed (exit {code}); end of {stage.out_dir / 'stage.log'}:\n{tail}"
         )
     log(f"[done] {stage.name} in {time.perf_counter() - start:.0f} s")
-    return stage.metrics()
+    return stage.metrics(), True
 
 
 class _GridProgress:
@@ -205,16 +201,16 @@ class _GridProgress:
     how long the rest will take at `jobs` at a time."""
 
     def __init__(self, total: int, jobs: int, log):
-        self.total, self.jobs, self.log = total, jobs, log
+        self.total, self.jobs, self.log = total, max(jobs, 1), log
         self.finished, self.run_seconds = 0, []
         self.lock = threading.Lock()
 
     def run(self, stage: Stage) -> dict:
-        start, was_done = time.monotonic(), stage.done
-        metrics = run_stage(stage, self.log, self.jobs)
+        start = time.monotonic()
+        metrics, ran = _run_stage(stage, self.log, self.jobs)
         with self.lock:
             self.finished += 1
-            if not was_done:
+            if ran:  # a resumed run is timed too: the estimate errs low until fresh runs come in
                 self.run_seconds.append(time.monotonic() - start)
             left = self.total - self.finished
             line = f"[grid] {self.finished}/{self.total} finished"
