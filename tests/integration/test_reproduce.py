@@ -201,3 +201,28 @@ def test_train_refuses_a_pipeline_experiment(tmp_path):
     cfg = compose_train(tmp_path, ["experiment=reproduce_ptb_small"])
     with pytest.raises(LmdiscError, match=r"reproduce\.py"):
         train(cfg)
+
+
+def test_a_moved_pipeline_reports_the_runs_finished_so_far_without_running_any(
+    pipeline_run, tiny_corpus, tmp_path
+):
+    _, report = pipeline_run
+    moved = tmp_path / "run"
+    shutil.copytree(report.parent, moved)
+    # as on another machine: the absolute checkpoint path the base recorded no longer exists there
+    base_metrics = moved / "base" / "metrics.json"
+    base_metrics.write_text(
+        json.dumps({**json.loads(base_metrics.read_text()), "checkpoint": "/gone/best.ckpt"})
+    )
+    (unfinished,) = moved.glob("finetune/control_*_seed2")
+    (unfinished / "metrics.json").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.json")}
+    overrides = [*_pipeline_overrides(tiny_corpus), "report_only=true"]
+    text = reproduce(compose_train(tmp_path, overrides, "reproduce")).read_text()
+    assert "**Partial: 5 of 6 fine-tuning runs have finished.**" in text
+    assert f"`{moved / 'base' / 'checkpoints' / 'best.ckpt'}`" in text
+    assert len(json.loads((moved / "results.json").read_text())["runs"]) == 5
+    assert stamps == {p: p.stat().st_mtime_ns for p in moved.rglob("metrics.json")}  # nothing ran
+    (moved / "discriminator" / "metrics.json").unlink()
+    with pytest.raises(LmdiscError, match="nothing to report yet: stage discriminator"):
+        reproduce(compose_train(tmp_path, overrides, "reproduce"))

@@ -36,7 +36,8 @@ def reproduce(cfg: DictConfig) -> Path:
     pipeline_cfg["device"] = _device_overrides(cfg.device)
     out_dir = Path(cfg.paths.output_dir)
     shared = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.data_dir={cfg.paths.data_dir}"]
-    results = Pipeline(pipeline_cfg, out_dir, shared).run(jobs=cfg.jobs)
+    pipeline = Pipeline(pipeline_cfg, out_dir, shared)
+    results = pipeline.results_so_far() if cfg.get("report_only") else pipeline.run(jobs=cfg.jobs)
     command = shlex.join(["python", "reproduce.py", *sys.argv[1:]])  # quoted so it can be pasted back
     path = write_report(results, out_dir, pipeline_cfg["title"], command)
     print(path.read_text(encoding="utf-8"))

@@ -83,7 +83,7 @@ class Pipeline:
             if not Path(given).is_file():
                 raise LmdiscError(f"pipeline.base.ckpt={given} does not exist")
             return str(Path(given).resolve())
-        return self.base_stage().metrics()["checkpoint"]
+        return self.base_stage().output_checkpoint()
 
     def _data_overrides(self) -> list[str]:
         """The corpus part of `common`: eval.py and train_disc.py read the same data as the LM stages
@@ -137,14 +137,43 @@ class Pipeline:
         if base is not None:
             run_stage(base, log)
         base_ckpt = self.base_checkpoint()
-        base_metrics = run_stage(self.base_eval_stage(base_ckpt), log)
-        disc_metrics = run_stage(self.disc_stage(base_ckpt), log)
-        stages = self.finetune_stages(base_ckpt, disc_metrics["checkpoint"])
+        evaluation, disc = self.base_eval_stage(base_ckpt), self.disc_stage(base_ckpt)
+        run_stage(evaluation, log)
+        run_stage(disc, log)
+        stages = self.finetune_stages(base_ckpt, disc.output_checkpoint())
         run_stages(stages, jobs, log)
+        return self._results(base, base_ckpt, evaluation, disc, stages, len(stages))
+
+    def results_so_far(self) -> dict:
+        """What the report needs, from the stages finished so far; runs nothing. A long grid (on a
+        CPU, WikiText-2's is a day) can be looked at while it runs."""
+        base = self.base_stage()
+        if base is not None and not base.finished_as_planned:
+            raise LmdiscError(f"nothing to report yet: the base LM has not finished ({base.out_dir})")
+        base_ckpt = self.base_checkpoint()
+        evaluation, disc = self.base_eval_stage(base_ckpt), self.disc_stage(base_ckpt)
+        for stage in (evaluation, disc):
+            if not stage.finished_as_planned:
+                raise LmdiscError(
+                    f"nothing to report yet: stage {stage.name} has not finished ({stage.out_dir})"
+                )
+        stages = self.finetune_stages(base_ckpt, disc.output_checkpoint())
+        finished = [s for s in stages if s.finished_as_planned]
+        if not finished:
+            raise LmdiscError(
+                f"nothing to report yet: none of the {len(stages)} fine-tuning runs has finished"
+            )
+        return self._results(base, base_ckpt, evaluation, disc, finished, len(stages))
+
+    @staticmethod
+    def _results(
+        base, base_ckpt: str, evaluation: Stage, disc: Stage, runs: list[Stage], planned: int
+    ) -> dict:
         return {
             "base_checkpoint": base_ckpt,
             "base_dir": str(base.out_dir) if base is not None else None,
-            "base": base_metrics,
-            "discriminator": disc_metrics,
-            "runs": [{**s.meta, "dir": str(s.out_dir), **s.metrics()} for s in stages],
+            "base": evaluation.metrics(),
+            "discriminator": disc.metrics(),
+            "runs": [{**s.meta, "dir": str(s.out_dir), **s.metrics()} for s in runs],
+            "planned_runs": planned,
         }

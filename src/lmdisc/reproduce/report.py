@@ -154,6 +154,14 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
     lrs = sorted({r["lr"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
     lines = [f"# {title}", "", f"Produced by `{command}`. Means ± sample std over seeds {seeds}.", ""]
+    planned = results.get("planned_runs", len(runs))
+    if len(runs) < planned:
+        lines += [
+            f"**Partial: {len(runs)} of {planned} fine-tuning runs have finished.** The tables cover those "
+            "only: an arm's best learning rate may change, and its means may rest on fewer seeds, "
+            "when the rest come in.",
+            "",
+        ]
     lines += _base_section(results, base)
     lines += [
         "## Discriminator",

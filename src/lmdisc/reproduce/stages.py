@@ -79,6 +79,18 @@ class Stage:
     def identity(self) -> dict:
         return override_identity(self.overrides)
 
+    def output_checkpoint(self) -> str:
+        """The checkpoint a finished stage reports in its metrics.json, found in the stage's own
+        checkpoints/ if the pipeline directory has been moved since (the path recorded is absolute)."""
+        recorded = Path(self.metrics()["checkpoint"])
+        here = self.out_dir / "checkpoints" / recorded.name
+        return str(here if not recorded.is_file() and here.is_file() else recorded)
+
+    @property
+    def finished_as_planned(self) -> bool:
+        """Done, and with this stage's identity (or from before identities were recorded)."""
+        return self.done and (self.predates_records or self.record_change() is None)
+
     @property
     def predates_records(self) -> bool:
         """A directory written before stages recorded an identity: trusted as it is (and logged so)."""
