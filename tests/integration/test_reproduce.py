@@ -192,6 +192,7 @@ def test_pipeline_scores_a_given_discriminator_instead_of_training_one(pipeline_
     ]
     text = reproduce(compose_train(tmp_path, overrides, "reproduce")).read_text()
     assert "Given (scored here, not trained)" in text and "| rkl_disc | 0.5 |" in text
+    assert "± 0.0" not in text  # one seed: no spread is shown rather than a spread of zero
     scored = json.loads((tmp_path / "run" / "results.json").read_text())["discriminator"]
     assert scored["val/disc_bce"] == pytest.approx(first["discriminator"]["val/disc_bce"], abs=1e-5)
     assert not (tmp_path / "run" / "discriminator" / "checkpoints").exists()

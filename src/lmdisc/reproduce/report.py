@@ -23,7 +23,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(values: list[float], digits: int = 2) -> str:
+    """mean ± sample std; a single run has no spread to show (not "± 0.00")."""
     mean, std = _mean_std(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
