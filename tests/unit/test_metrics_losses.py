@@ -6,6 +6,7 @@ from torchmetrics.text import Perplexity
 
 from lmdisc.data.batching import IGNORE_INDEX
 from lmdisc.errors import LmdiscError
+from lmdisc.evaluation import evaluate_stream
 from lmdisc.losses import BatchContext, CompositeLoss, CrossEntropyLoss, token_nll
 from lmdisc.metrics import TokenNLL
 
@@ -80,3 +81,27 @@ def test_token_nll_is_fp32_under_bf16_logits():
         rel=1e-6,
     )
     assert math.isfinite(nll.sum().item())
+
+
+class _Uniform(torch.nn.Module):
+    """Equal logits for every word: perplexity |V| whatever the text."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, tokens, state=None):
+        return torch.zeros(*tokens.shape, self.vocab), state, {}
+
+
+def test_stream_evaluation_of_a_uniform_model_and_its_progress_lines():
+    V, windows = 50, [(torch.randint(0, 50, (2, 5)),) * 2 for _ in range(4)]
+    lines = []
+    result = evaluate_stream(_Uniform(V), windows, progress=lines.append, progress_every_s=0)
+    assert result["ppl"] == pytest.approx(V) and result["tokens"] == 40
+    assert len(lines) == 4 and lines[0].startswith("window 1/4 (25%) · ") and lines[-1].endswith("~0 s left")
+    lines.clear()
+    evaluate_stream(_Uniform(V), iter(windows), progress=lines.append, progress_every_s=0)  # length unknown
+    assert lines[1].startswith("window 2 · ") and "left" not in lines[1]
+    assert evaluate_stream(_Uniform(V), windows, progress=lines.append, progress_every_s=3600)["tokens"] == 40
+    assert len(lines) == 4  # nothing printed within the interval
