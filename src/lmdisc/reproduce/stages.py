@@ -87,9 +87,13 @@ class Stage:
         return str(here if not recorded.is_file() and here.is_file() else recorded)
 
     @property
+    def matches_record(self) -> bool:
+        """Its directory ran as this stage would (or predates identity records, so is trusted)."""
+        return self.predates_records or self.record_change() is None
+
+    @property
     def finished_as_planned(self) -> bool:
-        """Done, and with this stage's identity (or from before identities were recorded)."""
-        return self.done and (self.predates_records or self.record_change() is None)
+        return self.done and self.matches_record
 
     @property
     def predates_records(self) -> bool:
@@ -107,7 +111,7 @@ class Stage:
         """An interrupted training run's last.ckpt (an epoch end), if it ran as this stage would."""
         if self.entry != "train" or not self.last_checkpoint.is_file():
             return None
-        return self.last_checkpoint if self.predates_records or self.record_change() is None else None
+        return self.last_checkpoint if self.matches_record else None
 
     def write_record(self, resume: Path | None) -> None:
         """Before a run starts: its identity, and if it resumes, the checkpoint's step under the
