@@ -27,9 +27,9 @@ class BatchContext:
     _nll: torch.Tensor | None = field(default=None, repr=False)
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """fp32 log_softmax of `logits`, computed once per step however many terms ask for it."""
+        """log_softmax of `logits` in at least fp32, computed once per step however many terms ask for it."""
         if self._log_probs_of is not logits:
-            self._log_probs = torch.log_softmax(logits.float(), dim=-1)
+            self._log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
             self._log_probs_of = logits
         return self._log_probs
 
@@ -50,6 +50,12 @@ class Loss(Protocol):
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput: ...
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits up-cast to fp32 for softmax and divergences; fp32 and fp64 kept as they are
+    (a 64-true run stays in fp64 end to end, so its numbers are reproducible across machines)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def gather_nll(
     log_probs: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
@@ -60,5 +66,5 @@ def gather_nll(
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, T] in fp32 from log_softmax; 0 at ignored targets."""
-    return gather_nll(torch.log_softmax(logits.float(), dim=-1), targets, ignore_index)
+    """Per-token negative log-likelihood [B, T] in at least fp32 from log_softmax; 0 at ignored targets."""
+    return gather_nll(torch.log_softmax(at_least_fp32(logits), dim=-1), targets, ignore_index)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmdisc.data.batching import IGNORE_INDEX
-from lmdisc.losses.base import gather_nll
+from lmdisc.losses.base import at_least_fp32, gather_nll
 
 from .perplexity import TokenNLL
 from .uncertainty import CalibrationError, PredictiveEntropy
@@ -23,7 +23,7 @@ class SplitMetrics(nn.Module):
         self.ece = CalibrationError(ignore_index=ignore_index)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        log_probs = torch.log_softmax(logits.detach().float(), dim=-1)
+        log_probs = torch.log_softmax(at_least_fp32(logits.detach()), dim=-1)
         self.nll.update(gather_nll(log_probs, targets, self.ignore_index), targets)
         self.entropy.update(log_probs, targets)
         self.ece.update(log_probs, targets)
