@@ -1,4 +1,9 @@
-"""Reading and checking lmdisc checkpoints (tensors and primitives only, `weights_only=True`)."""
+"""Reading and checking lmdisc checkpoints (tensors and primitives only, `weights_only=True`).
+
+`checkpoint["lmdisc"]` holds `kind` ("lm" or "discriminator"), the tokenizer's `state()`, the run's
+resolved config (a plain dict) and, for transformers models, their architecture (`hf_config`).
+Checkpoints written before tokenizers existed hold a word list (`vocab`) instead; they still load.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lmdisc.data.tokenizers import Tokenizer, WordTokenizer, tokenizer_from_state
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_torch_save
+from lmdisc.models.build import build_lm
 from lmdisc.models.discriminator import build_discriminator
 
 MODEL_PREFIX = "model."
@@ -33,7 +39,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise LmdiscError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise LmdiscError(
             f"cannot read checkpoint {path}: the file is truncated, corrupt or not a torch "
             f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
@@ -41,12 +47,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise LmdiscError(f"{path} is not an lmdisc/Lightning checkpoint (no state_dict)")
     meta = ckpt.get("lmdisc")
-    if not isinstance(meta, dict) or not meta.get("vocab"):
+    if not isinstance(meta, dict) or not (meta.get("tokenizer") or meta.get("vocab")):
         raise LmdiscError(
-            f"checkpoint {path} has no vocabulary (no lmdisc.vocab entry); it was not written by "
+            f"checkpoint {path} has no tokenizer (no lmdisc.tokenizer entry); it was not written by "
             "lmdisc's train.py and cannot be evaluated or fine-tuned on a corpus"
         )
     return ckpt
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
+    meta = ckpt["lmdisc"]
+    if meta.get("tokenizer"):
+        return tokenizer_from_state(meta["tokenizer"])
+    return WordTokenizer(meta["vocab"])  # written before tokenizers existed
 
 
 def load_lm_checkpoint(path: str | Path, option: str = "ckpt") -> dict[str, Any]:
@@ -71,82 +84,19 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a discriminator saved by train_disc.py; returns (module, checkpoint)."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt["lmdisc"]
-    if meta.get("kind") != "discriminator":
-        raise LmdiscError(f"{path} is not a discriminator checkpoint (written by train_disc.py)")
-    disc_cfg = meta["config"]["discriminator"]
-    vocab_size = len(meta["vocab"])
-    lm = None
-    if disc_cfg["encoder"] in ("lm_copy", "lm_frozen"):
-        lm = instantiate(meta["lm"]["model"], vocab_size=vocab_size)
-    disc = build_discriminator(
-        disc_cfg["encoder"],
-        vocab_size,
-        lm,
-        disc_cfg.get("mlp_size", 0),
-        disc_cfg.get("dropout", 0.0),
-        disc_cfg.get("lstm"),
-        ckpt["state_dict"].get("discriminator.word_class"),
-    )
-    prefix = "discriminator."
-    disc.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
-    return disc, ckpt
-
-
-def check_discriminator_of(
-    ckpt: dict[str, Any], disc_name: str, lm_sha256: str, vocab: list[str], lm_name: str
-) -> None:
-    """Refuse a discriminator checkpoint for an LM it was not trained against: it must have the
-    same vocabulary and these very weights (by fingerprint), since s estimates log p − log q_0."""
-    detail = vocab_difference(checkpoint_vocab(ckpt), vocab, "in the discriminator", f"in {lm_name}")
-    if detail:
-        raise LmdiscError(f"discriminator {disc_name} has another vocabulary than {lm_name} ({detail})")
-    trained_against = ckpt["lmdisc"]["lm"]
-    if trained_against.get("sha256") != lm_sha256:
-        raise LmdiscError(
-            f"discriminator {disc_name} was trained against the LM {trained_against.get('path')} "
-            f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {lm_name} "
-            f"({lm_sha256[:12]}…); train one with train_disc.py lm_ckpt={lm_name}"
-        )
-
-
-def checkpoint_vocab(ckpt: dict[str, Any]) -> list[str]:
-    return list(ckpt["lmdisc"]["vocab"])
-
-
-def vocab_difference(first: list[str], second: list[str], first_name: str, second_name: str) -> str:
-    """The first way two vocabularies differ, for an error message ('' when they are equal)."""
-    if first == second:
-        return ""
-    if len(first) != len(second):
-        return f"{len(first)} words {first_name}, {len(second)} {second_name}"
-    i = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    return f"id {i} is {first[i]!r} {first_name} but {second[i]!r} {second_name}"
-
-
-def check_same_vocab(ckpt_vocab: list[str], data_vocab: list[str], what: str = "checkpoint") -> None:
-    """Refuse a model whose word ids mean other words than the corpus' ids."""
-    detail = vocab_difference(ckpt_vocab, data_vocab, f"in the {what}", "in the corpus")
-    if not detail:
-        return
-    raise LmdiscError(
-        f"the {what}'s vocabulary does not match the corpus ({detail}); evaluate or fine-tune it "
-        "on the corpus it was trained on (data=...)"
-    )
-
-
 def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Module:
     """Load the LM's weights, then NT-ASGD's averaged ones where the checkpoint has them.
 
     The average is keyed by parameter (a tied matrix once), so it is copied into the parameters
-    rather than merged into the state dict, where the tied alias would keep the raw value.
+    rather than merged into the state dict, where the tied alias would keep the raw value. A
+    checkpoint from before input-only embedding rows existed keeps them at zero.
     """
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("embedding.extra")]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except RuntimeError as err:
         trained = (ckpt["lmdisc"].get("config") or {}).get("model", {})
         shown = {k: v for k, v in trained.items() if not isinstance(v, (dict, list))}
@@ -165,8 +115,79 @@ def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Mo
 
 def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
     """Instantiate the checkpoint's architecture from its stored config and load its weights."""
-    config = ckpt["lmdisc"].get("config") or {}
+    meta = ckpt["lmdisc"]
+    config = meta.get("config") or {}
     if "model" not in config:
         raise LmdiscError("checkpoint has no model config (lmdisc.config.model); cannot rebuild it")
-    model = instantiate(config["model"], vocab_size=len(checkpoint_vocab(ckpt)))
+    model = build_lm(config["model"], checkpoint_tokenizer(ckpt), meta.get("hf_config"))
     return load_lm_weights(model, ckpt)
+
+
+def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a discriminator saved by train_disc.py; returns (module, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["lmdisc"]
+    if meta.get("kind") != "discriminator":
+        raise LmdiscError(f"{path} is not a discriminator checkpoint (written by train_disc.py)")
+    disc_cfg = meta["config"]["discriminator"]
+    tokenizer = checkpoint_tokenizer(ckpt)
+    lm = None
+    if disc_cfg["encoder"] in ("lm_copy", "lm_frozen"):
+        lm = build_lm(meta["lm"]["model"], tokenizer, meta["lm"].get("hf_config"))
+    disc = build_discriminator(
+        disc_cfg["encoder"],
+        meta.get("output_size", tokenizer.vocab_size),
+        lm,
+        disc_cfg.get("mlp_size", 0),
+        disc_cfg.get("dropout", 0.0),
+        disc_cfg.get("lstm"),
+        ckpt["state_dict"].get("discriminator.word_class"),
+        tokenizer.input_only_tokens,
+    )
+    prefix = "discriminator."
+    disc.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    return disc, ckpt
+
+
+def check_discriminator_of(
+    ckpt: dict[str, Any], disc_name: str, lm_sha256: str, tokenizer: Tokenizer, lm_name: str
+) -> None:
+    """Refuse a discriminator checkpoint for an LM it was not trained against: it must have the
+    same tokenizer and these very weights (by fingerprint), since s estimates log p − log q_0."""
+    from lmdisc.data.tokenizers import same_tokenizer_or_refuse
+
+    same_tokenizer_or_refuse(checkpoint_tokenizer(ckpt), tokenizer, f"discriminator {disc_name}", lm_name)
+    trained_against = ckpt["lmdisc"]["lm"]
+    if trained_against.get("sha256") != lm_sha256:
+        raise LmdiscError(
+            f"discriminator {disc_name} was trained against the LM {trained_against.get('path')} "
+            f"(weights sha256 {str(trained_against.get('sha256'))[:12]}…), not against {lm_name} "
+            f"({lm_sha256[:12]}…); train one with train_disc.py lm_ckpt={lm_name}"
+        )
+
+
+def datamodule_for_checkpoint(data_cfg, ckpt: dict[str, Any], name: str, **overrides):
+    """The corpus of `data_cfg` read with the checkpoint's tokenizer, or a clear refusal.
+
+    A subword checkpoint reads any text with its own tokenizer unless the data config asks for a
+    specific one (`data.tokenizer=bpe|hf` or `data.tokenizer_from`), which must then be the same;
+    a word checkpoint needs the corpus' own word list to be its list (otherwise words it never saw
+    would silently become `<unk>`), unless `data.tokenizer_from` says to read the text with it.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lmdisc.data.tokenizers import SubwordTokenizer, same_tokenizer_or_refuse
+
+    tokenizer = checkpoint_tokenizer(ckpt)
+    # resolved where it was composed: its ${seed} and ${paths...} point outside the data node
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    if (
+        isinstance(tokenizer, SubwordTokenizer)
+        and cfg.get("tokenizer", "word") == "word"
+        and not cfg.get("tokenizer_from")
+    ):
+        return instantiate(cfg, tokenizer_object=tokenizer, **overrides)
+    datamodule = instantiate(cfg, **overrides)
+    same_tokenizer_or_refuse(tokenizer, datamodule.tokenizer, name, "the corpus")
+    return datamodule

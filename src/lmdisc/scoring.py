@@ -1,14 +1,18 @@
-"""Per-token surprisal and entropy of any text under a trained LM (uncertainty / anomaly detection).
+"""Per-word surprisal and entropy of any text under a trained LM (uncertainty / anomaly detection).
 
-The text is read as one stream in the checkpoint's vocabulary (one <eos> per line, unknown
-words mapped to <unk> and counted), one column, state carried: the same protocol as the test
-split, so the file's perplexity equals eval.py's test perplexity on the same text. The stream's
-first token has no context and is not scored.
+The text is read with the model's tokenizer (a word tokenizer maps unknown words to `<unk>` and
+counts them) and scored by the protocol its test split would be (one column with the state
+carried for recurrent models, the sliding window for transformers), so the file's perplexity
+equals eval.py's test perplexity on the same text. Rows are per word: a word's surprisal is the
+sum over its tokens (for a word tokenizer, a word is a token), its entropy that of the
+distribution its first token was drawn from. The stream's first token has no context and is not
+scored.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -16,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from lmdisc.data.batching import WindowDataset, WindowSampler, layout_stream
-from lmdisc.data.corpus import encode_lines, read_lines
-from lmdisc.data.vocab import EOS, Vocabulary
+from lmdisc.data.corpus import TokenizedSplit, read_lines
+from lmdisc.data.tokenizers import EOS, WordTokenizer
+from lmdisc.data.window import Window
+from lmdisc.evaluation import evaluate_windows
 from lmdisc.io import atomic_write_json, atomic_write_text
-from lmdisc.losses.base import gather_nll
 from lmdisc.metrics.uncertainty import token_entropy_bits
 
 LN2 = math.log(2)
@@ -28,79 +32,89 @@ LN2 = math.log(2)
 
 @dataclass
 class ScoredText:
-    tokens: list[dict]
+    tokens: list[dict]  # one row per word (the name is kept for the output files)
     lines: list[dict]
     summary: dict
 
 
+def _collector(size: int):
+    """Per-position NLL and entropy (bits), NaN where a position was not scored."""
+    nll = torch.full((size,), float("nan"), dtype=torch.float64)
+    entropy = torch.full((size,), float("nan"), dtype=torch.float64)
+
+    def observe(window: Window, token_nll: torch.Tensor, log_probs: torch.Tensor) -> None:
+        scored = window.scored
+        positions = window.positions[scored].cpu()
+        nll[positions] = token_nll[scored].double().cpu()
+        entropy[positions] = token_entropy_bits(log_probs)[scored].double().cpu()
+
+    return nll, entropy, observe
+
+
 @torch.inference_mode()
-def score_lines(
-    model: torch.nn.Module,
-    vocab: Vocabulary,
-    lines: list[str],
-    bptt: int = 35,
-    device: str | torch.device = "cpu",
-) -> ScoredText:
-    """Surprisal (bits) and predictive entropy (bits) of every token after the first."""
-    ids, unknown = encode_lines(lines, vocab)
-    words = [w for line in lines for w in [*line.split(), EOS]]
-    line_of = [i for i, line in enumerate(lines) for _ in range(len(line.split()) + 1)]
-    batches = layout_stream(ids, 1)
-    dataset = WindowDataset(batches)
-    model.eval()
-    state = None
-    surprisal: list[float] = []
-    entropy: list[float] = []
-    for window in WindowSampler(batches.length, bptt):
-        inputs, targets = dataset[window]
-        logits, state, _ = model(inputs.to(device), state)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        nll = gather_nll(log_probs, targets.to(device))[0]
-        keep = (targets[0] >= 0).to(device)
-        surprisal.extend((nll[keep] / LN2).tolist())
-        entropy.extend(token_entropy_bits(log_probs)[0][keep].tolist())
-    tokens = [
-        {
-            "line": line_of[i],
-            "position": i,
-            "word": words[i],
-            "in_vocab": words[i] in vocab,
-            "surprisal_bits": surprisal[i - 1] if i else None,
-            "entropy_bits": entropy[i - 1] if i else None,
-        }
-        for i in range(len(words))
-    ]
+def score_lines(model: torch.nn.Module, tokenizer, lines: list[str], protocol, device="cpu") -> ScoredText:
+    """Surprisal (bits) and predictive entropy (bits) of every word, by `protocol` (the data's)."""
+    encoded = tokenizer.encode_lines(lines, "the scored text")
+    ids = encoded.ids
+    split = TokenizedSplit(ids, encoded.word_end.float(), torch.zeros_like(ids), encoded.unknown)
+    nll, entropy, observe = _collector(ids.numel())
+    loader = protocol.loader(split, protocol.eval_batch_size("test", 1))
+    result = evaluate_windows(model, loader, device, protocol.carries_state, [observe])
+    ends = encoded.word_end.nonzero().flatten().tolist()
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    # a word tokenizer's rows show the text's own words (an unknown word is scored as <unk>)
+    original = (
+        [w for text in lines for w in (*text.split(), EOS)] if isinstance(tokenizer, WordTokenizer) else None
+    )
+    rows, line = [], 0
     per_line: dict[int, list[float]] = {}
-    for row in tokens[1:]:
-        per_line.setdefault(row["line"], []).append(row["surprisal_bits"])
+    for index, (first, last) in enumerate(zip(starts, ends)):
+        token_ids = ids[first : last + 1].tolist()
+        text = original[index] if original is not None else tokenizer.word_text(token_ids)
+        bits = nll[first : last + 1]
+        complete = not torch.isnan(bits).any()
+        surprisal = float(bits.sum()) / LN2 if complete else None
+        row = {"line": line, "position": index, "word": text}
+        if isinstance(tokenizer, WordTokenizer):
+            row["in_vocab"] = text in tokenizer
+        else:
+            row["tokens"] = len(token_ids)
+        row["surprisal_bits"] = surprisal
+        row["entropy_bits"] = float(entropy[first]) if not math.isnan(entropy[first]) else None
+        rows.append(row)
+        if surprisal is not None:
+            per_line.setdefault(line, []).append(surprisal)
+        if text in (EOS, "<eol>"):
+            line += 1
     line_rows = [
         {
             "line": i,
-            "tokens": len(bits),
+            "words": len(bits),
             "mean_surprisal_bits": sum(bits) / len(bits),
             "ppl": 2 ** (sum(bits) / len(bits)),
         }
         for i, bits in sorted(per_line.items())
     ]
-    total_bits = sum(surprisal)
+    scored_entropy = entropy[~torch.isnan(entropy)]
     summary = {
-        "tokens_scored": len(surprisal),
-        "unknown_words": unknown,
-        "mean_surprisal_bits": total_bits / max(len(surprisal), 1),
-        "loss": total_bits * LN2 / max(len(surprisal), 1),
-        "ppl": 2 ** (total_bits / max(len(surprisal), 1)),
-        "mean_entropy_bits": sum(entropy) / max(len(entropy), 1),
+        "tokens_scored": result["tokens"],
+        "words_scored": result["words"],
+        "unknown_words": encoded.unknown,
+        "mean_surprisal_bits": result["loss"] / LN2,
+        "loss": result["loss"],
+        "ppl": result["ppl"],
+        "word_ppl": result["word_ppl"],
+        "mean_entropy_bits": float(scored_entropy.mean()) if scored_entropy.numel() else float("nan"),
+        "tokenizer": tokenizer.describe(),
     }
-    return ScoredText(tokens, line_rows, summary)
+    return ScoredText(rows, line_rows, summary)
 
 
 def write_scores(scored: ScoredText, path: Path, fmt: str | None = None) -> list[Path]:
-    """Tokens as JSON lines (.jsonl) or CSV (.csv); per-line perplexities and the summary beside them."""
+    """Words as JSON lines (.jsonl) or CSV (.csv); per-line perplexities and the summary beside them."""
     path = Path(path)
     fmt = fmt or ("csv" if path.suffix == ".csv" else "jsonl")
     if fmt == "csv":
-        import io
-
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(scored.tokens[0]))
         writer.writeheader()
@@ -117,8 +131,8 @@ def write_scores(scored: ScoredText, path: Path, fmt: str | None = None) -> list
     return [path, lines_path, summary_path]
 
 
-def score_file(model, vocab: Vocabulary, file: Path, out: Path, bptt: int = 35, device="cpu") -> ScoredText:
+def score_file(model, tokenizer, file: Path, out: Path, protocol, device="cpu") -> ScoredText:
     """Score a UTF-8 text file (empty or non-UTF-8 files are refused by `read_lines`)."""
-    scored = score_lines(model, vocab, read_lines(Path(file)), bptt, device)
+    scored = score_lines(model, tokenizer, read_lines(Path(file)), protocol, device)
     write_scores(scored, out)
     return scored

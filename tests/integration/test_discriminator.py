@@ -12,6 +12,7 @@ from lmdisc.checkpoint import load_checkpoint
 from lmdisc.cli.eval import evaluate
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import score_discriminator, train_discriminator
+from lmdisc.data.window import Window
 from lmdisc.errors import LmdiscError
 from lmdisc.losses.reverse_kl import reverse_kl_from_checkpoints
 
@@ -120,14 +121,14 @@ def test_discriminator_of_another_lm_is_refused(trained_run, trained_disc, tiny_
         train(compose_train(tmp_path, overrides))
 
 
-def test_discriminator_with_another_vocabulary_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
+def test_discriminator_with_another_tokenizer_is_refused(trained_run, trained_disc, tiny_corpus, tmp_path):
     disc = torch.load(trained_disc["checkpoint"], weights_only=True)
-    vocab = disc["lmdisc"]["vocab"]
-    vocab[0], vocab[1] = vocab[1], vocab[0]
+    words = disc["lmdisc"]["tokenizer"]["words"]
+    words[0], words[1] = words[1], words[0]
     torch.save(disc, tmp_path / "swapped.ckpt")
     run_dir, _ = trained_run
     overrides = _fine_tune(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", tmp_path / "swapped.ckpt")
-    with pytest.raises(Exception, match="another vocabulary"):
+    with pytest.raises(Exception, match="another tokenizer"):
         train(compose_train(tmp_path, overrides))
 
 
@@ -209,9 +210,14 @@ def test_a_refresh_retrains_with_the_discriminators_own_optimiser_unless_given_a
         "_partial_": True,
         "lr": 0.0,
     }
-    vocab = len(load_checkpoint(lm_ckpt)["lmdisc"]["vocab"])
+    vocab = len(load_checkpoint(lm_ckpt)["lmdisc"]["tokenizer"]["words"])
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(vocab, (4, 10), generator=generator),) * 2 for _ in range(3)]
+
+    def window() -> Window:
+        ids = torch.randint(vocab, (4, 10), generator=generator)
+        return Window(ids, ids, torch.ones(4, 10), torch.zeros(4, 10, dtype=torch.long))
+
+    batches = [window() for _ in range(3)]
     before = {k: v.clone() for k, v in rkl.discriminator.state_dict().items()}
 
     def changed() -> bool:

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from helpers import compose_train, quick_overrides
 from lmdisc.checkpoint import build_model, load_checkpoint, load_lm_weights
 from lmdisc.cli.train import train
-from lmdisc.evaluation import standard_protocol
+from lmdisc.evaluation import evaluate_splits
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_lstm_standard_protocol_is_unchanged(tmp_path, tiny_corpus):
         ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
         model = load_lm_weights(build_model(ckpt).double(), ckpt)  # the fp64 weights, not fp32-rounded
         datamodule = instantiate(compose_train(tmp_path, overrides).data)
-        results = standard_protocol(model, datamodule, "cpu", buckets=False, progress=None)
+        results = evaluate_splits(model, datamodule, "cpu", buckets=False, progress=None)
     finally:
         torch.set_num_threads(threads)
     measured = {split: results[split]["ppl"] for split in ("valid", "test")}

@@ -50,7 +50,10 @@ def test_checkpoints_load_with_weights_only(trained_run):
     run_dir, _ = trained_run
     for name in ("best.ckpt", "last.ckpt"):
         ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)
-        assert ckpt["lmdisc"]["vocab"][:1] and ckpt["lmdisc"]["config"]["model"]["hidden_size"] == 200
+        assert (
+            ckpt["lmdisc"]["tokenizer"]["words"][:1]
+            and ckpt["lmdisc"]["config"]["model"]["hidden_size"] == 200
+        )
 
 
 def test_same_seed_same_numbers(trained_run, tiny_corpus, tmp_path):
@@ -148,7 +151,9 @@ def test_eval_refuses_a_checkpoint_from_another_vocabulary(trained_run, ptb_dir,
     cfg = compose_train(
         tmp_path, [f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "data=text", f"data.path={other}"], "eval"
     )
-    with pytest.raises(LmdiscError, match="vocabulary does not match"):
+    with pytest.raises(
+        LmdiscError, match=r"has another tokenizer than the corpus: word tokenizer .*words in"
+    ):
         evaluate(cfg)
 
 
@@ -168,7 +173,7 @@ def test_truncated_or_foreign_checkpoints_are_refused(trained_run, tmp_path):
         load_checkpoint(truncated)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(LmdiscError, match="no vocabulary"):
+    with pytest.raises(LmdiscError, match="no tokenizer"):
         load_checkpoint(foreign)
     with pytest.raises(LmdiscError, match="not found"):
         load_checkpoint(tmp_path / "missing.ckpt")

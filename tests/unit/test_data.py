@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdisc.data import LMDataModule, Vocabulary, load_corpus
-from lmdisc.data.corpus import encode_lines
+from lmdisc.data import LMDataModule, Window, WordTokenizer, load_corpus
 from lmdisc.data.download import CorpusSource, ensure_corpus
 from lmdisc.errors import LmdiscError
 
@@ -25,20 +24,22 @@ def _write(directory: Path, contents: dict[str, str | bytes]) -> Path:
 
 def test_vocabulary_has_one_eos_per_line_and_maps_unknowns(tmp_path):
     corpus = load_corpus(_write(tmp_path / "c", {**LINES, "train": " a b c \n b <unk> d \n"}))
-    assert corpus.vocab.words == ["a", "b", "c", "<eos>", "<unk>", "d"]
-    assert corpus["train"].tolist() == [0, 1, 2, 3, 1, 4, 5, 3]
-    ids, unknown = encode_lines([" zz a "], corpus.vocab)
-    assert ids.tolist() == [4, 0, 3] and unknown == 1
+    assert corpus.tokenizer.words == ["a", "b", "c", "<eos>", "<unk>", "d"]
+    assert corpus["train"].ids.tolist() == [0, 1, 2, 3, 1, 4, 5, 3]
+    encoded = corpus.tokenizer.encode_lines([" zz a "])
+    assert encoded.ids.tolist() == [4, 0, 3] and encoded.unknown == 1
+    # the blank is reserved past the predicted ids: noising never changes the word list
+    assert corpus.tokenizer.blank_id == 6 and corpus.tokenizer.vocab_size == 6
 
 
 def test_ptb_and_wikitext2_vocabulary_sizes(ptb_dir):
-    assert len(load_corpus(ptb_dir).vocab) == 10_000
+    assert load_corpus(ptb_dir).tokenizer.vocab_size == 10_000
     wt2 = ptb_dir.parent / "wikitext-2"
     if not (wt2 / "train.txt").is_file():
         pytest.skip("wikitext-2 not available")
     corpus = load_corpus(wt2)
-    assert len(corpus.vocab) == 33_278
-    assert corpus["valid"].numel() == 217_646
+    assert corpus.tokenizer.vocab_size == 33_278
+    assert len(corpus["valid"]) == 217_646
 
 
 def test_missing_directory_and_files_are_named(tmp_path):
@@ -72,12 +73,12 @@ def test_non_positive_sizes_are_refused(tmp_path, field, value):
 def test_cache_is_keyed_by_file_checksums(tmp_path):
     directory = _write(tmp_path / "c", LINES)
     cache = tmp_path / "cache"
-    first = load_corpus(directory, cache)
+    first = load_corpus(directory, cache_dir=cache)
     assert len(list(cache.glob("corpus-*.pt"))) == 1
-    assert torch.equal(load_corpus(directory, cache)["train"], first["train"])
+    assert torch.equal(load_corpus(directory, cache_dir=cache)["train"].ids, first["train"].ids)
     (directory / "train.txt").write_text(" a b c e <unk> \n")
-    changed = load_corpus(directory, cache)
-    assert "e" in changed.vocab and len(list(cache.glob("corpus-*.pt"))) == 2
+    changed = load_corpus(directory, cache_dir=cache)
+    assert "e" in changed.tokenizer and len(list(cache.glob("corpus-*.pt"))) == 2
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -135,7 +136,10 @@ def test_wikitext103_is_never_downloaded_unverified(tmp_path):
 def test_datamodule_serves_rank_shards(tmp_path):
     directory = _write(tmp_path / "c", {**LINES, "train": " a b c <unk> \n" * 50})
     dm = LMDataModule(path=str(directory), batch_size=2, bptt=4)
-    inputs, targets = next(iter(dm.train_dataloader()))
-    assert inputs.shape == (2, 4) and targets.shape == (2, 4)
-    assert torch.equal(inputs[:, 1:], targets[:, :-1])
-    assert isinstance(dm.vocab, Vocabulary)
+    with pytest.raises(RuntimeError, match="bind_model"):
+        dm.train_dataloader()
+    dm.bind_model(torch.nn.LSTM(1, 1))  # a recurrent model: the stream protocol
+    window = next(iter(dm.train_dataloader()))
+    assert isinstance(window, Window) and window.inputs.shape == (2, 4) and window.targets.shape == (2, 4)
+    assert torch.equal(window.inputs[:, 1:], window.targets[:, :-1])
+    assert isinstance(dm.tokenizer, WordTokenizer)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from lmdisc.data.corpus import TokenizedSplit
 from lmdisc.losses import BatchContext, ReverseKLLoss
 
 
@@ -11,13 +12,10 @@ class FixedLogits(nn.Module):
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = nn.Parameter(logits)
+        self.vocab_size = logits.numel()
 
     def forward(self, tokens, state=None):
         return self.logits.expand(*tokens.shape, -1), None, {}
-
-
-class TinyCorpus(dict):
-    vocab = list(range(4))
 
 
 def test_mass_moved_per_bucket_matches_a_direct_sum_and_conserves_probability():
@@ -26,7 +24,7 @@ def test_mass_moved_per_bucket_matches_a_direct_sum_and_conserves_probability():
     q0_logits = torch.tensor([0.0, 0.5, 1.0, 3.0])
     q_logits = torch.tensor([1.0, 1.0, 0.5, 2.0])
     loss = ReverseKLLoss(FixedLogits(q0_logits))
-    loss.bind_corpus(TinyCorpus(train=train))
+    loss.bind_corpus({"train": TokenizedSplit(train, torch.ones(len(train)), torch.zeros_like(train))})
     inputs = torch.zeros(2, 3, dtype=torch.long)
     targets = torch.tensor([[1, 2, 3], [0, -100, 3]])
     out = loss(q_logits.expand(2, 3, -1), targets, BatchContext(inputs=inputs, first_window=True))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchmetrics.text import Perplexity
 
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.window import IGNORE_INDEX, Window
 from lmdisc.errors import LmdiscError
-from lmdisc.evaluation import evaluate_stream
+from lmdisc.evaluation import evaluate_windows
 from lmdisc.losses import BatchContext, CompositeLoss, CrossEntropyLoss, token_nll
 from lmdisc.metrics import TokenNLL
 
@@ -95,13 +95,20 @@ class _Uniform(torch.nn.Module):
 
 
 def test_stream_evaluation_of_a_uniform_model_and_its_progress_lines():
-    V, windows = 50, [(torch.randint(0, 50, (2, 5)),) * 2 for _ in range(4)]
+    def window():
+        ids = torch.randint(0, 50, (2, 5))
+        return Window(ids, ids, torch.ones(2, 5), torch.zeros(2, 5, dtype=torch.long))
+
+    V, windows = 50, [window() for _ in range(4)]
     lines = []
-    result = evaluate_stream(_Uniform(V), windows, progress=lines.append, progress_every_s=0)
+    result = evaluate_windows(_Uniform(V), windows, progress=lines.append, progress_every_s=0)
     assert result["ppl"] == pytest.approx(V) and result["tokens"] == 40
+    assert result["word_ppl"] == pytest.approx(V)  # one word per token
     assert len(lines) == 4 and lines[0].startswith("window 1/4 (25%) · ") and lines[-1].endswith("~0 s left")
     lines.clear()
-    evaluate_stream(_Uniform(V), iter(windows), progress=lines.append, progress_every_s=0)  # length unknown
+    evaluate_windows(_Uniform(V), iter(windows), progress=lines.append, progress_every_s=0)  # length unknown
     assert lines[1].startswith("window 2 · ") and "left" not in lines[1]
-    assert evaluate_stream(_Uniform(V), windows, progress=lines.append, progress_every_s=3600)["tokens"] == 40
+    assert (
+        evaluate_windows(_Uniform(V), windows, progress=lines.append, progress_every_s=3600)["tokens"] == 40
+    )
     assert len(lines) == 4  # nothing printed within the interval

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.window import IGNORE_INDEX, Window
 from lmdisc.errors import LmdiscError
 from lmdisc.losses import BatchContext, CompositeLoss, CrossEntropyLoss, PerplexityLoss
 from lmdisc.metrics import CalibrationError, PredictiveEntropy, SplitMetrics
@@ -76,10 +76,13 @@ def test_uniform_model_entropy_is_log2_v_bits_and_perplexity_v():
     v = 64
     metrics = SplitMetrics()
     targets = torch.randint(0, v, (4, 7))
-    metrics.update(torch.zeros(4, 7, v), targets)
+    # every token ends half a word (two tokens a word): word-level perplexity is V squared
+    window = Window(targets, targets, torch.full((4, 7), 0.5), torch.zeros(4, 7, dtype=torch.long))
+    metrics.update(torch.zeros(4, 7, v), window)
     values = metrics.compute()
     assert values["entropy"].item() == pytest.approx(math.log2(v), rel=1e-6)
     assert values["ppl"].item() == pytest.approx(v, rel=1e-6)
+    assert values["word_ppl"].item() == pytest.approx(v**2, rel=1e-6)
 
 
 def test_ece_of_a_calibrated_predictor_is_near_zero_and_of_an_overconfident_one_is_not():

@@ -1,5 +1,5 @@
 """Analyses of trained models: frequency buckets, result tables, plots."""
 
-from .frequency import FrequencyBuckets, log_spaced_edges, plot_buckets
+from .frequency import CountBuckets, FrequencyBuckets, log_spaced_edges, plot_buckets, token_classes
 
-__all__ = ["FrequencyBuckets", "log_spaced_edges", "plot_buckets"]
+__all__ = ["CountBuckets", "FrequencyBuckets", "log_spaced_edges", "plot_buckets", "token_classes"]

@@ -1,9 +1,10 @@
 """Before/after comparison of two checkpoints of one corpus: which words did fine-tuning help or hurt?
 
-Both models score every token of a split once, by the standard protocol (the same stream layout,
-state carrying and per-token NLL as eval.py, via `evaluate_stream`), so the per-token log-probs
-add up to the perplexities eval.py reports. Tokens are then grouped by the training-set frequency
-of the target word (`FrequencyBuckets`, as in training's bucket table) or by word type.
+Both models score every token of a split once, by the protocol eval.py uses (the same windows,
+state carrying and per-token NLL, via `evaluate_windows`), so the log-probs add up to the
+perplexities eval.py reports. A word's log-prob is the sum over its tokens (for a word tokenizer,
+a word is a token). Words are then grouped by their training-set frequency (`FrequencyBuckets`,
+as in training's bucket table) or by word type.
 """
 
 from __future__ import annotations
@@ -13,51 +14,62 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
 from lmdisc.analysis.frequency import FrequencyBuckets
-from lmdisc.checkpoint import (
-    build_model,
-    check_same_vocab,
-    checkpoint_vocab,
-    load_checkpoint,
-    vocab_difference,
-)
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.checkpoint import build_model, checkpoint_tokenizer, datamodule_for_checkpoint, load_checkpoint
+from lmdisc.data.corpus import TokenizedSplit
+from lmdisc.data.tokenizers import same_tokenizer_or_refuse
 from lmdisc.errors import LmdiscError
-from lmdisc.evaluation import STANDARD_BATCH_SIZES, evaluate_stream
+from lmdisc.evaluation import evaluate_windows
+
+SPLITS = ("valid", "test")
 
 
 @dataclass
 class Comparison:
-    """Per-token log-probs (nats, fp64) of the split's targets, in stream order, under both models."""
+    """Per-word log-probs (nats, fp64) of a split's scored words, in text order, under both models."""
 
     split: str
-    words: list[str]  # the shared vocabulary: id -> word
-    targets: torch.Tensor  # [N] word ids
-    before: torch.Tensor  # [N] log p_before(target)
-    after: torch.Tensor  # [N] log p_after(target)
-    train_counts: torch.Tensor  # [V] occurrences of each word in the training split
-    train_stream: torch.Tensor  # the training split's ids (the bucket edges come from it)
+    words: list[str]  # [W] each scored word's text
+    train_counts: torch.Tensor  # [W] occurrences of the word in the training split
+    before: torch.Tensor  # [W] log p_before(word)
+    after: torch.Tensor  # [W] log p_after(word)
+    train: TokenizedSplit  # the training split (the bucket edges come from it)
 
     @property
     def tokens(self) -> int:
-        return self.targets.numel()
+        return len(self.words)
 
     def ppl(self, which: str) -> float:
         return math.exp(-float(getattr(self, which).mean()))
 
 
-def _score(model: torch.nn.Module, datamodule, split: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(targets, log-probs) of every token of `split`, in stream order."""
-    windows: list[tuple[torch.Tensor, torch.Tensor]] = []
-    loader = datamodule.split_loader(split, STANDARD_BATCH_SIZES[split])
-    evaluate_stream(model, loader, device, [lambda t, nll: windows.append((t.cpu(), nll.cpu()))])
-    # windows are [columns, steps]; each column is a contiguous piece of the stream
-    targets = torch.cat([t for t, _ in windows], dim=1).reshape(-1)
-    nll = torch.cat([n for _, n in windows], dim=1).reshape(-1)
-    keep = targets != IGNORE_INDEX
-    return targets[keep], -nll[keep].double()
+def _token_nll(model: torch.nn.Module, datamodule, split: str, device) -> torch.Tensor:
+    """NLL of every position of `split` (NaN where a position is not scored: the first token)."""
+    size = len(datamodule.load()[split])
+    nll = torch.full((size,), float("nan"), dtype=torch.float64)
+
+    def observe(window, token_nll, _log_probs) -> None:
+        scored = window.scored
+        nll[window.positions[scored].cpu()] = token_nll[scored].double().cpu()
+
+    if datamodule.protocol is None:
+        datamodule.bind_model(model)
+    loader = datamodule.split_loader(split)
+    evaluate_windows(model, loader, device, datamodule.protocol.carries_state, [observe])
+    return nll
+
+
+def _per_word(split: TokenizedSplit, nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first token, log-prob) of every word whose tokens were all scored."""
+    ends = (split.word_weight > 0).long()
+    word = torch.cumsum(ends, 0) - ends
+    total = torch.zeros(int(word[-1]) + 1, dtype=torch.float64).index_add_(0, word, nll)
+    first = torch.full_like(total, -1, dtype=torch.long).scatter_reduce_(
+        0, word, torch.arange(len(word)), "amin", include_self=False
+    )
+    keep = ~torch.isnan(total)
+    return first[keep], -total[keep]
 
 
 def compare_checkpoints(
@@ -71,52 +83,56 @@ def compare_checkpoints(
 
     The corpus is the one BEFORE was trained on (its recorded data config), or the folder
     `data_dir` (train/valid/test.txt) when given, e.g. when the run's corpus has moved. Both
-    checkpoints must share the corpus' vocabulary: otherwise the same id means different words.
+    checkpoints must share a tokenizer: otherwise the same id means different text.
     """
-    if split not in STANDARD_BATCH_SIZES:
-        raise LmdiscError(f"split must be one of {sorted(STANDARD_BATCH_SIZES)}, got {split!r}")
+    if split not in SPLITS:
+        raise LmdiscError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     ckpt_before, ckpt_after = load_checkpoint(before), load_checkpoint(after)
-    vocab = checkpoint_vocab(ckpt_before)
-    detail = vocab_difference(vocab, checkpoint_vocab(ckpt_after), "before", "after")
-    if detail:
-        raise LmdiscError(
-            f"{before} and {after} have different vocabularies ({detail}); only checkpoints trained "
-            "on the same corpus can be compared word by word"
-        )
+    tokenizer = checkpoint_tokenizer(ckpt_before)
+    same_tokenizer_or_refuse(tokenizer, checkpoint_tokenizer(ckpt_after), str(before), str(after))
     data_cfg = dict(ckpt_before["lmdisc"].get("config", {}).get("data") or {})
     if data_dir is not None:
         data_cfg = {**data_cfg, "_target_": "lmdisc.data.LMDataModule", "path": str(data_dir)}
         data_cfg.update(source=None, download=False)
     elif not data_cfg:
         raise LmdiscError(f"{before} records no data config; pass data_dir=<corpus folder>")
-    datamodule = instantiate(data_cfg)
-    check_same_vocab(vocab, datamodule.vocab.words, what=f"checkpoint {before}")
-    scored = []
-    for ckpt in (ckpt_before, ckpt_after):
-        scored.append(_score(build_model(ckpt).to(device), datamodule, split, device))
-    (targets, logp_before), (_, logp_after) = scored
-    train_stream = datamodule.load()["train"]
+    datamodule = datamodule_for_checkpoint(data_cfg, ckpt_before, f"checkpoint {before}")
+    corpus = datamodule.load()
+    scored = [
+        _per_word(corpus[split], _token_nll(build_model(c).to(device), datamodule, split, device))
+        for c in (ckpt_before, ckpt_after)
+    ]
+    (first, logp_before), (_, logp_after) = scored
+    ends = (corpus[split].word_weight > 0).long()
+    word = torch.cumsum(ends, 0) - ends
+    last = torch.zeros(int(word[-1]) + 1, dtype=torch.long).scatter_reduce_(
+        0, word, torch.arange(len(word)), "amax", include_self=False
+    )
+    word_of_first = word[first]
+    ids = corpus[split].ids.tolist()
+    words = [
+        tokenizer.word_text(ids[f : int(last[w]) + 1]) for f, w in zip(first.tolist(), word_of_first.tolist())
+    ]
     return Comparison(
         split=split,
-        words=vocab,
-        targets=targets,
+        words=words,
+        train_counts=corpus[split].word_count[first],
         before=logp_before,
         after=logp_after,
-        train_counts=torch.bincount(train_stream, minlength=len(vocab)),
-        train_stream=train_stream,
+        train=corpus["train"],
     )
 
 
 def bucket_table(cmp: Comparison) -> list[dict]:
-    """Per training-frequency bucket: token share, mean log-prob before/after, change, perplexities.
+    """Per training-frequency bucket: word share, mean log-prob before/after, change, perplexities.
 
     The buckets are training's (`FrequencyBuckets`), so the "before" columns match the bucket
     table that train.py / eval.py printed for the BEFORE checkpoint.
     """
     rows = {}
     for which in ("before", "after"):
-        bucketer = FrequencyBuckets(cmp.train_stream, len(cmp.words))
-        bucketer.update(cmp.targets, -getattr(cmp, which))
+        bucketer = FrequencyBuckets(cmp.train)
+        bucketer.add(cmp.train_counts, -getattr(cmp, which), torch.ones(len(cmp.words), dtype=torch.float64))
         rows[which] = bucketer.rows()
     table = []
     for b, a in zip(rows["before"], rows["after"]):
@@ -140,28 +156,28 @@ def word_table(
 ) -> list[dict]:
     """Mean log-prob change per word type, over its occurrences in the split.
 
-    Only words occurring at least `min_count` times: a single token's change is mostly noise.
+    Only words occurring at least `min_count` times: a single occurrence's change is mostly noise.
     order="gain": largest increase first; "loss": largest decrease first.
     """
     if order not in ("gain", "loss"):
         raise LmdiscError(f"order must be gain or loss, got {order!r}")
-    size = len(cmp.words)
-    count = torch.bincount(cmp.targets, minlength=size)
-    sums = {
-        which: torch.zeros(size, dtype=torch.float64).index_add_(0, cmp.targets, getattr(cmp, which))
-        for which in ("before", "after")
-    }
-    ids = (count >= max(min_count, 1)).nonzero().flatten().tolist()
-    rows = [
-        {
-            "word": cmp.words[i],
-            "train_count": int(cmp.train_counts[i]),
-            "occurrences": int(count[i]),
-            "logprob_before": float(sums["before"][i]) / int(count[i]),
-            "logprob_after": float(sums["after"][i]) / int(count[i]),
-        }
-        for i in ids
-    ]
+    groups: dict[str, list[int]] = {}
+    for index, word in enumerate(cmp.words):
+        groups.setdefault(word, []).append(index)
+    rows = []
+    for word, indices in groups.items():
+        if len(indices) < max(min_count, 1):
+            continue
+        at = torch.tensor(indices)
+        rows.append(
+            {
+                "word": word,
+                "train_count": int(cmp.train_counts[at[0]]),
+                "occurrences": len(indices),
+                "logprob_before": float(cmp.before[at].mean()),
+                "logprob_after": float(cmp.after[at].mean()),
+            }
+        )
     for row in rows:
         row["change"] = row["logprob_after"] - row["logprob_before"]
     rows.sort(key=lambda r: (-r["change"] if order == "gain" else r["change"], r["word"]))

@@ -1,9 +1,10 @@
 """Frequency-bucket analysis: how well the model predicts rare vs frequent words.
 
-Evaluation tokens are grouped by how often the word occurs in the training split, in
-log-spaced buckets (1-9, 10-99, 100-999, ... occurrences; words never seen in training join the
-first). Per bucket: share of the evaluation tokens, mean log-probability, and the bucket's
-perplexity exp(-mean log-prob).
+Evaluation words are grouped by how often the word occurs in the training split, in log-spaced
+buckets (1-9, 10-99, 100-999, ... occurrences; words never seen in training join the first). A
+word's log-probability is the sum over its tokens, so subword models are bucketed by word, like
+word-level ones. Per bucket: share of the evaluation words, mean log-probability per word, and the
+bucket's perplexity exp(-mean log-prob).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 from lmdisc.analysis.plotting import headless_pyplot, save_figure
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.corpus import TokenizedSplit
+from lmdisc.data.window import Window
 
 
 def log_spaced_edges(max_count: int, base: int = 10) -> list[int]:
@@ -25,46 +27,73 @@ def log_spaced_edges(max_count: int, base: int = 10) -> list[int]:
     return edges
 
 
-class FrequencyBuckets:
-    """Accumulates per-bucket log-probabilities of target tokens (fp64)."""
+class CountBuckets:
+    """Log-spaced buckets of training counts up to `max_count`."""
 
-    def __init__(self, train_stream: torch.Tensor, vocab_size: int, base: int = 10):
-        counts = torch.bincount(train_stream, minlength=vocab_size)
-        self.edges = log_spaced_edges(int(counts.max()), base)
-        boundaries = torch.tensor(self.edges[1:-1])
-        self.bucket_of_word = torch.bucketize(counts, boundaries, right=True)
+    def __init__(self, max_count: int, base: int = 10):
+        self.edges = log_spaced_edges(int(max_count), base)
+        self.boundaries = torch.tensor(self.edges[1:-1])
+        self.names = [f"{self.edges[i]}-{self.edges[i + 1] - 1}" for i in range(len(self.edges) - 1)]
+
+    def of(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(counts, self.boundaries, right=True)
+
+
+def token_classes(train_ids: torch.Tensor, vocab_size: int, base: int = 10) -> tuple[torch.Tensor, list[str]]:
+    """Each predicted id's bucket by its count in the training split, and the bucket names (the
+    frequency-class discriminator and the mass moved per bucket work per id, not per word)."""
+    counts = torch.bincount(train_ids, minlength=vocab_size)[:vocab_size]
+    buckets = CountBuckets(int(counts.max()), base)
+    return buckets.of(counts), buckets.names
+
+
+class FrequencyBuckets:
+    """Accumulates per-bucket log-probabilities (fp64) of the words of one evaluated split."""
+
+    def __init__(self, train: TokenizedSplit, evaluated: TokenizedSplit | None = None, base: int = 10):
+        self.buckets = CountBuckets(int(train.word_count.max()), base)
+        self.edges = self.buckets.edges
+        self.word_count = evaluated.word_count if evaluated is not None else None
         n = len(self.edges) - 1
         self.logprob_sum = torch.zeros(n, dtype=torch.float64)
+        self.words = torch.zeros(n, dtype=torch.float64)
         self.tokens = torch.zeros(n, dtype=torch.long)
 
-    def update(self, targets: torch.Tensor, nll: torch.Tensor) -> None:
-        mask = targets != IGNORE_INDEX
-        buckets = self.bucket_of_word[targets[mask].cpu()]
-        self.logprob_sum.index_add_(0, buckets, -nll[mask].detach().double().cpu())
+    def add(self, counts: torch.Tensor, nll: torch.Tensor, words: torch.Tensor) -> None:
+        """Tokens (or words) whose word was seen `counts` times in training, their NLL and the words they end."""
+        buckets = self.buckets.of(counts.cpu())
+        self.logprob_sum.index_add_(0, buckets, -nll.detach().double().cpu())
+        self.words.index_add_(0, buckets, words.detach().double().cpu())
         self.tokens.index_add_(0, buckets, torch.ones_like(buckets))
 
+    def update(self, window: Window, nll: torch.Tensor, log_probs: torch.Tensor | None = None) -> None:
+        scored = window.scored
+        positions = window.positions[scored].cpu()
+        self.add(self.word_count[positions], nll[scored], window.words[scored])
+
     def rows(self) -> list[dict]:
-        total = max(int(self.tokens.sum()), 1)
+        total = max(float(self.words.sum()), 1e-12)
         rows = []
-        for i in range(len(self.edges) - 1):
-            n = int(self.tokens[i])
-            mean = float(self.logprob_sum[i]) / n if n else float("nan")
+        for i, name in enumerate(self.buckets.names):
+            words = float(self.words[i])
+            mean = float(self.logprob_sum[i]) / words if words else float("nan")
             rows.append(
                 {
-                    "bucket": f"{self.edges[i]}-{self.edges[i + 1] - 1}",
+                    "bucket": name,
                     "train_count_min": self.edges[i],
                     "train_count_max": self.edges[i + 1] - 1,
-                    "tokens": n,
-                    "share": n / total,
+                    "tokens": int(self.tokens[i]),
+                    "words": words,
+                    "share": words / total,
                     "mean_logprob": mean,
-                    "ppl": math.exp(-mean) if n else float("nan"),
+                    "ppl": math.exp(-mean) if words else float("nan"),
                 }
             )
         return rows
 
 
 def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
-    """Bucket perplexity (log scale) and token share, one line per labelled result; written atomically."""
+    """Bucket perplexity (log scale) and word share, one line per labelled result; written atomically."""
     plt = headless_pyplot()
     fig, (ax_ppl, ax_share) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in curves.items():
@@ -73,8 +102,8 @@ def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
         ax_share.bar(names, [r["share"] for r in rows], alpha=0.5, label=label)
     ax_ppl.set_yscale("log")
     ax_ppl.set_xlabel("training-set count of the word")
-    ax_ppl.set_ylabel("bucket perplexity")
+    ax_ppl.set_ylabel("bucket perplexity (per word)")
     ax_share.set_xlabel("training-set count of the word")
-    ax_share.set_ylabel("share of evaluation tokens")
+    ax_share.set_ylabel("share of evaluation words")
     fig.suptitle(title)
     return save_figure(fig, [ax_ppl, ax_share], path)

@@ -16,8 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lmdisc.errors import LmdiscError
 from lmdisc.losses.discriminator import discriminator_bce
 from lmdisc.losses.reverse_kl import ReverseKLLoss
-from lmdisc.models.base import detach_state
 from lmdisc.models.discriminator import LMBodyEncoder
+from lmdisc.window_loop import Reader, read_windows
 
 
 def find_reverse_kl(loss) -> ReverseKLLoss | None:
@@ -58,10 +58,15 @@ def training_recipe(run: dict, lr: float | None = None) -> tuple[Callable, Calla
 
 
 def retrain_discriminator(
-    rkl: ReverseKLLoss, loader, epochs: int, device: torch.device, recipe: tuple[Callable, Callable]
+    rkl: ReverseKLLoss,
+    loader,
+    epochs: int,
+    device: torch.device,
+    recipe: tuple[Callable, Callable],
+    carry_state: bool = True,
 ) -> float:
     """The discriminator's BCE against the (new) q_0, warm-started, trained by `recipe`
-    (`training_recipe`); returns the last epoch's mean BCE."""
+    (`training_recipe`) over the windows of `loader`; returns the last epoch's mean BCE."""
     disc, lm = rkl.discriminator, rkl.reference.to(device).eval()
     cfg = rkl.discriminator_run_config.get("discriminator", {})
     disc.to(device).train().requires_grad_(True)
@@ -72,16 +77,17 @@ def retrain_discriminator(
     make_optimizer, clip = recipe
     optimizer = make_optimizer(params=params)
     total = count = 0.0
+    lm_reader, disc_reader = Reader(lm, carry_state), Reader(disc, carry_state and disc.carries_state)
     for _ in range(epochs):
         total = count = 0.0
-        lm_state = disc_state = None
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device), targets.to(device)
+        lm_reader.reset()
+        disc_reader.reset()
+        for window in read_windows(loader, device):
+            inputs, targets = window.inputs, window.targets
             with torch.no_grad():
-                logits, lm_state, _ = lm(inputs, lm_state)
+                logits, _ = lm_reader(inputs)
                 log_q0 = torch.log_softmax(logits.float(), -1)
-            s, disc_state, _ = disc(inputs, disc_state)
-            disc_state = detach_state(disc_state)
+            s, _ = disc_reader(inputs)
             loss = discriminator_bce(
                 s.float(), targets, log_q0, targets >= 0, cfg.get("negatives", "exact"), cfg.get("k", 8)
             )
@@ -130,11 +136,13 @@ class DiscriminatorRefresh(Callback):
         if isinstance(encoder, LMBodyEncoder):
             encoder.body.load_state_dict(weights)
         cfg = rkl.discriminator_run_config.get("discriminator", {})
-        loader = trainer.datamodule.discriminator_loader(
+        datamodule = trainer.datamodule
+        loader = datamodule.discriminator_loader(
             cfg.get("train_split", "train"), cfg.get("heldout_fraction", 0.5)
         )
+        carry = datamodule.protocol.carries_state
         with torch.enable_grad():
-            bce = retrain_discriminator(rkl, loader, self.epochs, pl_module.device, self._recipe)
+            bce = retrain_discriminator(rkl, loader, self.epochs, pl_module.device, self._recipe, carry)
         pl_module.log("refresh/disc_bce", bce)
         rank_zero_info(
             f"epoch {epoch}: q_0 reset to the current model, discriminator re-trained (train BCE {bce:.4f})"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +17,7 @@ from lmdisc.analysis.frequency import plot_buckets
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import flatten_results
 from lmdisc.io import atomic_write_text
+from lmdisc.memory import check_logits_fit
 
 
 def require_positive(cfg: DictConfig, *keys: str) -> None:
@@ -33,6 +36,53 @@ def require_positive_int(cfg: DictConfig, *keys: str) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise LmdiscError(f"{key} must be a whole number >= 1, got {value!r}")
+
+
+def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
+    """Run an entry point's task; a user-facing error (`LmdiscError`) is printed as one clean line
+    (no traceback) and the process exits with status 2."""
+    try:
+        return task(cfg)
+    except LmdiscError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def prepare_pretrained(cfg: DictConfig) -> None:
+    """Convert a pretrained model we can have offline (`model.pretrained`, e.g. smollm2_135m) into its
+    directory before anything reads it: the data module reads its tokenizer from there."""
+    model = cfg.get("model")
+    if model is not None and model.get("pretrained"):
+        from lmdisc.models.pretrained import ensure_pretrained
+
+        ensure_pretrained(model.pretrained, model.name_or_path, bool(model.get("allow_download", False)))
+
+
+def checkpoint_meta(model, tokenizer, run_config: dict) -> dict:
+    """What a checkpoint needs besides weights: the tokenizer, the run's config, and a transformers
+    model's architecture (so it rebuilds without its source directory)."""
+    meta = {"tokenizer": tokenizer.state(), "config": run_config}
+    if hasattr(model, "config_dict"):
+        meta["hf_config"] = model.config_dict()
+    return meta
+
+
+def trainer_device(trainer) -> torch.device:
+    return trainer.strategy.root_device
+
+
+def check_window_memory(cfg: DictConfig, datamodule, model, chunk: int) -> None:
+    """Refuse training or evaluation windows whose logits cannot fit (`lmdisc.memory`)."""
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator") or "auto")
+    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
+    length = datamodule.protocol.window_length
+    key = "data.bptt" if datamodule.protocol.carries_state else "data.block_size"
+    hint = f"lower data.batch_size or {key}, or set ce_chunk_size (training with ce/ppl losses)"
+    check_logits_fit("training", datamodule.batch_size, length, model.vocab_size, device, hint, chunk)
+    eval_batch = max(datamodule.eval_batch_size, datamodule.test_batch_size)
+    hint = f"lower data.eval_batch_size or {key}"
+    check_logits_fit("evaluation", eval_batch, length, model.vocab_size, device, hint)
 
 
 def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
@@ -63,14 +113,24 @@ def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 def print_results(results: Mapping[str, Mapping], title: str) -> None:
     table = Table(title=title)
-    for column in ("split", "loss (nats)", "perplexity", "tokens", "tokens/s"):
+    for column in (
+        "split",
+        "loss (nats/token)",
+        "perplexity",
+        "word-level PPL",
+        "tokens",
+        "words",
+        "tokens/s",
+    ):
         table.add_column(column, justify="right")
     for split, row in results.items():
         table.add_row(
             split,
             f"{row['loss']:.4f}",
             f"{row['ppl']:.2f}",
+            f"{row['word_ppl']:.2f}",
             f"{row['tokens']:,}",
+            f"{row['words']:,.0f}",
             f"{row['tokens_per_s']:,.0f}",
         )
     console = Console()
@@ -78,13 +138,13 @@ def print_results(results: Mapping[str, Mapping], title: str) -> None:
     for split, row in results.items():
         if "buckets" not in row:
             continue
-        buckets = Table(title=f"{split}: by training-set frequency of the target word")
-        for column in ("train count", "tokens", "share", "mean log-prob", "perplexity"):
+        buckets = Table(title=f"{split}: by training-set frequency of the word")
+        for column in ("train count", "words", "share", "mean log-prob per word", "perplexity"):
             buckets.add_column(column, justify="right")
         for b in row["buckets"]:
             buckets.add_row(
                 b["bucket"],
-                f"{b['tokens']:,}",
+                f"{b['words']:,.0f}",
                 f"{b['share']:.3f}",
                 f"{b['mean_logprob']:.3f}",
                 f"{b['ppl']:.1f}",

@@ -1,7 +1,10 @@
-"""`python eval.py ckpt=PATH [data=...]`: standard-protocol val/test perplexity of a checkpoint."""
+"""`python eval.py ckpt=PATH [data=...]`: val/test perplexity (token- and word-level) of a checkpoint,
+or of a pretrained model zero-shot (`eval.py model=smollm2_135m data=wikitext2`), by the protocol
+that fits the model; `score_file=FILE` scores any text instead."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -11,60 +14,106 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmdisc.allocator import keep_freed_memory
-from lmdisc.checkpoint import build_model, check_same_vocab, checkpoint_vocab, load_lm_checkpoint
-from lmdisc.data import Vocabulary
+from lmdisc.checkpoint import build_model, datamodule_for_checkpoint, load_lm_checkpoint
 from lmdisc.errors import LmdiscError
-from lmdisc.evaluation import standard_protocol
+from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
+from lmdisc.memory import check_logits_fit
+from lmdisc.models.build import build_lm
 from lmdisc.scoring import score_file
 
 from . import CONF_DIR
-from .common import report_results
+from .common import prepare_pretrained, report_results, run_main
+
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def score(cfg: DictConfig) -> dict[str, Any]:
-    """`score_file=FILE`: per-token surprisal/entropy and per-line perplexity of any text."""
-    ckpt = load_lm_checkpoint(cfg.ckpt)
-    device = _device(cfg.get("device", "auto"))
-    model = build_model(ckpt).to(device)
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for `bf16-mixed` (losses and metrics still take their softmax in fp32)."""
+    if precision not in PRECISIONS:
+        raise LmdiscError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_model_and_data(cfg: DictConfig):
+    """(model, datamodule, what was evaluated): a checkpoint of ours with its corpus (or `data=`),
+    or a pretrained `model=` zero-shot on `data=`."""
+    if cfg.get("ckpt"):
+        ckpt = load_lm_checkpoint(cfg.ckpt)
+        data_cfg = cfg.get("data") or ckpt["lmdisc"].get("config", {}).get("data")
+        if not data_cfg:
+            raise LmdiscError(
+                "the checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)"
+            )
+        datamodule = datamodule_for_checkpoint(data_cfg, ckpt, f"the checkpoint {cfg.ckpt}")
+        return build_model(ckpt), datamodule, str(cfg.ckpt)
+    if cfg.get("model") is None:
+        raise LmdiscError(
+            "eval.py needs a checkpoint or a pretrained model: python eval.py ckpt=PATH [data=ptb], or "
+            "python eval.py model=smollm2_135m data=wikitext2 (model=hf model.name_or_path=DIR)"
+        )
+    if cfg.get("data") is None or cfg.data.get("_target_") is None:
+        raise LmdiscError(
+            "a pretrained model needs a corpus to evaluate on: add data=wikitext2 (or data=ptb, ...)"
+        )
+    prepare_pretrained(cfg)
+    datamodule = instantiate(cfg.data)
+    model = build_lm(cfg.model, datamodule.tokenizer)
+    return model, datamodule, str(cfg.model.get("name_or_path") or cfg.model._target_)
+
+
+def score(cfg: DictConfig, model, datamodule, device, name: str) -> dict[str, Any]:
+    """`score_file=FILE`: per-word surprisal/entropy and per-line perplexity of any text."""
     source = Path(cfg.score_file)
     out = Path(cfg.get("score_out") or Path(cfg.paths.output_dir) / f"{source.stem}.scores.jsonl")
-    scored = score_file(model, Vocabulary(checkpoint_vocab(ckpt)), source, out, device=device)
+    with autocast(device, cfg.get("precision", "32-true")):
+        scored = score_file(model, datamodule.tokenizer, source, out, datamodule.protocol, device)
     summary = scored.summary
     print(
         f"{source}: {summary['tokens_scored']:,} tokens scored, {summary['unknown_words']:,} unknown words -> <unk>, "
-        f"perplexity {summary['ppl']:.2f}, mean surprisal {summary['mean_surprisal_bits']:.3f} bits, "
-        f"mean entropy {summary['mean_entropy_bits']:.3f} bits"
+        f"perplexity {summary['ppl']:.2f} (word-level {summary['word_ppl']:.2f}), mean surprisal "
+        f"{summary['mean_surprisal_bits']:.3f} bits, mean entropy {summary['mean_entropy_bits']:.3f} bits"
     )
-    print(f"wrote {out} (tokens), {out.stem}.lines.jsonl (per-line perplexity), {out.stem}.summary.json")
+    print(f"wrote {out} (words), {out.stem}.lines.jsonl (per-line perplexity), {out.stem}.summary.json")
     return summary
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    if not cfg.get("ckpt"):
-        raise LmdiscError("eval.py needs a checkpoint: python eval.py ckpt=PATH [data=ptb]")
+    model, datamodule, name = load_model_and_data(cfg)
+    device = resolve_device(cfg.get("device", "auto"))
+    model = model.to(device).eval()
+    protocol = datamodule.bind_model(model)
     if cfg.get("score_file"):
-        return score(cfg)
-    ckpt = load_lm_checkpoint(cfg.ckpt)
-    data_cfg = cfg.get("data") or ckpt["lmdisc"].get("config", {}).get("data")
-    if not data_cfg:
-        raise LmdiscError("the checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)")
-    datamodule = instantiate(data_cfg)
-    check_same_vocab(checkpoint_vocab(ckpt), datamodule.vocab.words)
-    device = _device(cfg.get("device", "auto"))
-    model = build_model(ckpt).to(device)
-    results = standard_protocol(model, datamodule, device)
+        return score(cfg, model, datamodule, device, name)
+    batch = max(protocol.eval_batch_size(split, datamodule.eval_batch_size) for split in ("valid", "test"))
+    key = "data.bptt" if protocol.carries_state else "data.block_size"
+    check_logits_fit(
+        "evaluation",
+        batch,
+        protocol.window_length,
+        model.vocab_size,
+        device,
+        f"lower data.eval_batch_size or {key}",
+    )
+    with autocast(device, cfg.get("precision", "32-true")):
+        results = evaluate_splits(model, datamodule, device)
     out = Path(cfg.get("metrics_file") or Path(cfg.paths.output_dir) / "metrics.json")
     metrics = {
-        "checkpoint": str(cfg.ckpt),
+        "checkpoint" if cfg.get("ckpt") else "model": name,
         "corpus": str(datamodule.corpus_dir),
-        **report_results(results, f"standard protocol: {cfg.ckpt}", out.parent),
+        "tokenizer": datamodule.tokenizer.describe(),
+        "protocol": protocol.describe(),
+        "precision": cfg.get("precision", "32-true"),
+        "detokenize": datamodule.spec.detokenize,
+        **report_results(results, f"{protocol.describe()}: {name}", out.parent),
     }
     atomic_write_json(metrics, out)
     print(f"wrote {out}")
@@ -74,7 +123,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     keep_freed_memory()
-    evaluate(cfg)
+    run_main(evaluate, cfg)
 
 
 if __name__ == "__main__":

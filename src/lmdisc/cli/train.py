@@ -1,4 +1,4 @@
-"""`python train.py ...`: train or fine-tune a language model, then evaluate it by the standard protocol."""
+"""`python train.py ...`: train or fine-tune a language model, then evaluate it by its protocol."""
 
 from __future__ import annotations
 
@@ -17,26 +17,33 @@ from lmdisc.callbacks import DiscriminatorRefresh
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
     build_model,
-    check_same_vocab,
-    checkpoint_vocab,
+    checkpoint_tokenizer,
+    datamodule_for_checkpoint,
     load_checkpoint,
     load_lm_checkpoint,
     load_lm_weights,
 )
+from lmdisc.data.tokenizers import same_tokenizer_or_refuse
 from lmdisc.errors import LmdiscError
-from lmdisc.evaluation import standard_protocol
+from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
+from lmdisc.models.build import build_lm
 from lmdisc.modules import LanguageModel
 
 from . import CONF_DIR
 from .common import (
+    check_window_memory,
+    checkpoint_meta,
     close_loggers,
     instantiate_callbacks,
     instantiate_loggers,
+    prepare_pretrained,
     report_results,
     require_positive,
     require_positive_int,
+    run_main,
     save_resolved_config,
+    trainer_device,
 )
 
 COUNT_KEYS = (
@@ -44,16 +51,25 @@ COUNT_KEYS = (
     "data.eval_batch_size",
     "data.test_batch_size",
     "data.bptt",
+    "data.block_size",
     "trainer.max_epochs",
 )
 
 
-def build_module(cfg: DictConfig, vocab: list[str], run_config: dict) -> LanguageModel:
-    model = instantiate(cfg.model, vocab_size=len(vocab))
+def build_datamodule(cfg: DictConfig):
+    """The corpus, read with `init_from`'s tokenizer when fine-tuning (`datamodule_for_checkpoint`)."""
     if cfg.get("init_from"):
         ckpt = load_lm_checkpoint(cfg.init_from, "init_from")
-        check_same_vocab(checkpoint_vocab(ckpt), vocab, what=f"init_from checkpoint {cfg.init_from}")
-        load_lm_weights(model, ckpt)
+        return datamodule_for_checkpoint(cfg.data, ckpt, f"the init_from checkpoint {cfg.init_from}"), ckpt
+    return instantiate(cfg.data), None
+
+
+def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config: dict) -> LanguageModel:
+    tokenizer = datamodule.tokenizer
+    model = build_lm(cfg.model, tokenizer)
+    if init_ckpt is not None:
+        load_lm_weights(model, init_ckpt)
+    protocol = datamodule.bind_model(model)
     scheduler = cfg.scheduler.get("scheduler")
     return LanguageModel(
         model=model,
@@ -63,34 +79,39 @@ def build_module(cfg: DictConfig, vocab: list[str], run_config: dict) -> Languag
         scheduler_interval=cfg.scheduler.get("interval", "epoch"),
         scheduler_monitor=cfg.scheduler.get("monitor", "val/loss"),
         bptt=cfg.data.bptt,
-        scale_lr_by_window=bool(cfg.data.get("variable_bptt", False)),
-        vocab=vocab,
-        run_config=run_config,
+        scale_lr_by_window=bool(cfg.data.get("variable_bptt", False)) and protocol.carries_state,
+        checkpoint_meta=checkpoint_meta(model, tokenizer, run_config),
+        carry_state=protocol.carries_state,
+        ce_chunk_size=cfg.get("ce_chunk_size"),
     )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then evaluate the best checkpoint by the standard protocol; returns metrics.json's content."""
+    """Fit, then evaluate the best checkpoint by its protocol; returns metrics.json's content."""
     if cfg.get("pipeline") is not None:
         raise LmdiscError(
             "this experiment is a pipeline, not a single run: python reproduce.py experiment=<the same name>"
         )
     require_positive(cfg, "optim.optimizer.lr")
     require_positive_int(cfg, *COUNT_KEYS)
+    if cfg.get("ce_chunk_size") is not None:
+        require_positive_int(cfg, "ce_chunk_size")
     output_dir = Path(cfg.paths.output_dir)
+    prepare_pretrained(cfg)
     run_config = save_resolved_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    vocab = datamodule.vocab.words
+    datamodule, init_ckpt = build_datamodule(cfg)
+    tokenizer = datamodule.tokenizer
     if cfg.get("ckpt_path"):
-        check_same_vocab(
-            checkpoint_vocab(load_checkpoint(cfg.ckpt_path)), vocab, what=f"checkpoint {cfg.ckpt_path}"
-        )
-    module = build_module(cfg, vocab, run_config)
+        resumed = checkpoint_tokenizer(load_checkpoint(cfg.ckpt_path))
+        same_tokenizer_or_refuse(resumed, tokenizer, f"the checkpoint {cfg.ckpt_path}", "the corpus")
+    module = build_module(cfg, datamodule, init_ckpt, run_config)
+    check_window_memory(cfg, datamodule, module.model, module.chunk_size)
+    tokenizer.save(output_dir / "tokenizer.json")
     loggers = instantiate_loggers(cfg)
-    # variable BPTT changes the number of windows every epoch: rebuild the loader each epoch so
-    # Lightning's batch count (validation trigger, epoch end) matches it
-    reload = {"reload_dataloaders_every_n_epochs": 1} if datamodule.variable_bptt else {}
+    # variable BPTT changes the number of windows every epoch and blocks start at a new offset:
+    # rebuild the loader each epoch so Lightning's batch count matches it
+    reload = datamodule.variable_bptt or not datamodule.protocol.carries_state
     callbacks = instantiate_callbacks(cfg, bool(loggers))
     if cfg.loss.get("refresh_every_n_epochs"):
         callbacks.append(
@@ -103,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
-        **reload,
+        **({"reload_dataloaders_every_n_epochs": 1} if reload else {}),
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -116,16 +137,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else None,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "vocab_size": len(vocab),
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer": tokenizer.describe(),
+        "protocol": datamodule.protocol.describe(),
+        "parameters": sum(p.numel() for p in module.model.parameters()),
     }
     if cfg.get("evaluate", True) and trainer.is_global_zero:
         ckpt_file = _best_checkpoint(trainer)
         if ckpt_file:
-            ckpt = load_checkpoint(ckpt_file)
-            model = build_model(ckpt)
-            device = trainer.strategy.root_device  # Lightning moves the module to the CPU after fit
-            results = standard_protocol(model.to(device), datamodule, device)
-            flat = report_results(results, f"standard protocol: {ckpt_file}", output_dir)
+            model = build_model(load_checkpoint(ckpt_file))
+            device = trainer_device(trainer)  # Lightning moves the module to the CPU after fit
+            results = evaluate_splits(model.to(device), datamodule, device)
+            flat = report_results(results, f"{datamodule.protocol.describe()}: {ckpt_file}", output_dir)
             metrics.update({"checkpoint": str(ckpt_file), **flat})
     if trainer.is_global_zero:
         atomic_write_json(metrics, output_dir / "metrics.json")
@@ -149,8 +172,8 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
 def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     torch.set_float32_matmul_precision("high")
-    metrics = train(cfg)
-    return metrics.get("val/ppl")
+    metrics = run_main(train, cfg)
+    return metrics.get("val/ppl") if metrics else None
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from lmdisc.allocator import keep_freed_memory
-from lmdisc.analysis.frequency import FrequencyBuckets
+from lmdisc.analysis.frequency import token_classes
 from lmdisc.callbacks import BoundedCheckpoint
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
     build_model,
     check_discriminator_of,
-    check_same_vocab,
-    checkpoint_vocab,
+    datamodule_for_checkpoint,
     load_discriminator,
     load_lm_checkpoint,
     weights_sha256,
@@ -38,6 +37,7 @@ from .common import (
     instantiate_loggers,
     require_positive,
     require_positive_int,
+    run_main,
     save_resolved_config,
 )
 
@@ -54,8 +54,10 @@ def _datamodule(cfg: DictConfig, lm_ckpt: dict, disc_cfg: DictConfig):
         OmegaConf.create(OmegaConf.to_container(OmegaConf.create(data_cfg), resolve=True)),
         cfg.get("data_overrides") or {},
     )
-    return instantiate(
+    return datamodule_for_checkpoint(
         data_cfg,
+        lm_ckpt,
+        f"the LM checkpoint {cfg.lm_ckpt}",
         train_split=disc_cfg.train_split,
         heldout_fraction=disc_cfg.heldout_fraction,
         train_eval_tokens=0,
@@ -69,13 +71,15 @@ def _frozen_lm(cfg: DictConfig, disc_cfg: DictConfig):
     lm_ckpt = load_lm_checkpoint(cfg.lm_ckpt, "lm_ckpt")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = _datamodule(cfg, lm_ckpt, disc_cfg)
-    check_same_vocab(checkpoint_vocab(lm_ckpt), datamodule.vocab.words, what=f"LM checkpoint {cfg.lm_ckpt}")
     lm = build_model(lm_ckpt)
+    datamodule.bind_model(lm)
     lm_info = {
         "path": str(Path(cfg.lm_ckpt).resolve()),
         "sha256": weights_sha256(lm.state_dict()),
         "model": lm_ckpt["lmdisc"]["config"]["model"],
     }
+    if "hf_config" in lm_ckpt["lmdisc"]:
+        lm_info["hf_config"] = lm_ckpt["lmdisc"]["hf_config"]
     if disc_cfg.train_split == "heldout":
         rank_zero_info(
             f"discriminator.train_split=heldout: training on the first {disc_cfg.heldout_fraction:.0%} of the "
@@ -129,29 +133,30 @@ def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
     check_discriminator_options(disc_cfg)
     lm, lm_info, datamodule = _frozen_lm(cfg, disc_cfg)
     output_dir = Path(cfg.paths.output_dir)
-    vocab = datamodule.vocab.words
-    word_class = None  # freq_class: each word's training-frequency class
+    tokenizer = datamodule.tokenizer
+    word_class = None  # freq_class: each predicted id's training-frequency class
     if disc_cfg.encoder == "freq_class":
-        word_class = FrequencyBuckets(datamodule.load()["train"], len(vocab)).bucket_of_word
+        word_class, _ = token_classes(datamodule.load()["train"].ids, lm.vocab_size)
     discriminator = build_discriminator(
         disc_cfg.encoder,
-        len(vocab),
+        lm.vocab_size,
         lm,
         disc_cfg.mlp_size,
         disc_cfg.dropout,
         OmegaConf.to_container(disc_cfg.lstm, resolve=True) if disc_cfg.get("lstm") else None,
         word_class,
+        tokenizer.input_only_tokens,
     )
     run_config = save_resolved_config(cfg, output_dir)
+    meta = {"tokenizer": tokenizer.state(), "config": run_config, "lm": lm_info, "output_size": lm.vocab_size}
     module = DiscriminatorModule(
         lm,
         discriminator,
         instantiate(cfg.optim.optimizer),
         disc_cfg.negatives,
         disc_cfg.k,
-        vocab,
-        lm_info,
-        run_config,
+        meta,
+        datamodule.protocol.carries_state,
     )
     checkpoint = BoundedCheckpoint(
         bound=ZERO_HEAD_BCE,
@@ -200,9 +205,14 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
     discriminator, saved = load_discriminator(disc_path)
     saved_cfg = OmegaConf.create(saved["lmdisc"]["config"]["discriminator"])
     lm, lm_info, datamodule = _frozen_lm(cfg, saved_cfg)
-    check_discriminator_of(saved, disc_path, lm_info["sha256"], datamodule.vocab.words, cfg.lm_ckpt)
+    check_discriminator_of(saved, disc_path, lm_info["sha256"], datamodule.tokenizer, cfg.lm_ckpt)
     module = DiscriminatorModule(
-        lm, discriminator, instantiate(cfg.optim.optimizer), saved_cfg.negatives, saved_cfg.k
+        lm,
+        discriminator,
+        instantiate(cfg.optim.optimizer),
+        saved_cfg.negatives,
+        saved_cfg.k,
+        carry_state=datamodule.protocol.carries_state,
     )
     trainer = _trainer(cfg, [])
     trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -217,7 +227,8 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     run = score_discriminator if cfg.get("disc_ckpt") else train_discriminator
-    return run(cfg).get("best_val_disc_bce")
+    metrics = run_main(run, cfg)
+    return metrics.get("best_val_disc_bce") if metrics else None
 
 
 if __name__ == "__main__":

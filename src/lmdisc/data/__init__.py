@@ -1,22 +1,26 @@
-"""Corpora, vocabulary, stream batching and the LightningDataModule."""
+"""Corpora, tokenizers, window protocols and the LightningDataModule."""
 
-from .batching import IGNORE_INDEX, StreamBatches, WindowDataset, WindowSampler, bptt_windows, layout_stream
-from .corpus import Corpus, load_corpus, read_lines
+from .corpus import Corpus, TokenizedSplit, TokenizerSpec, load_corpus, read_lines
 from .datamodule import LMDataModule
-from .vocab import EOS, UNK, Vocabulary
+from .protocols import BlockProtocol, StreamProtocol
+from .tokenizers import BLANK, EOS, UNK, SubwordTokenizer, Tokenizer, WordTokenizer
+from .window import IGNORE_INDEX, Window
 
 __all__ = [
+    "BLANK",
     "EOS",
     "IGNORE_INDEX",
     "UNK",
+    "BlockProtocol",
     "Corpus",
     "LMDataModule",
-    "StreamBatches",
-    "Vocabulary",
-    "WindowDataset",
-    "WindowSampler",
-    "bptt_windows",
-    "layout_stream",
+    "StreamProtocol",
+    "SubwordTokenizer",
+    "TokenizedSplit",
+    "Tokenizer",
+    "TokenizerSpec",
+    "Window",
+    "WordTokenizer",
     "load_corpus",
     "read_lines",
 ]

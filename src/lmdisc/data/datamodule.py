@@ -1,4 +1,4 @@
-"""LightningDataModule for word-level corpora (PTB, WikiText-2/103, any train/valid/test folder)."""
+"""LightningDataModule for text corpora (PTB, WikiText-2/103, any train/valid/test folder)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ from torch.utils.data import DataLoader
 
 from lmdisc.errors import LmdiscError
 
-from .batching import WindowDataset, WindowSampler, layout_stream
-from .corpus import Corpus, check_corpus_dir, load_corpus
+from .corpus import TOKENIZERS, Corpus, TokenizedSplit, TokenizerSpec, check_corpus_dir, load_corpus
 from .download import SOURCES, ensure_corpus
-from .vocab import Vocabulary
+from .protocols import PROTOCOLS, BlockProtocol, StreamProtocol
+from .tokenizers import Tokenizer
 
 
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or value <= 0:
-        raise LmdiscError(f"data.{name} must be a positive integer, got {value!r}")
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LmdiscError(f"data.{name} must be a whole number >= 1, got {value!r}")
     return value
 
 
 class LMDataModule(L.LightningDataModule):
-    """Loads a corpus and serves BPTT windows of this rank's contiguous shard.
+    """Loads and tokenises a corpus and serves windows of this rank's share by a window protocol.
 
     `source` names a known corpus (see `lmdisc.data.download.SOURCES`) that is downloaded into
-    `corpus_dir` when missing; `source=None` reads a user folder as it is.
+    `path` when missing; `source=None` reads a user folder as it is. `protocol=auto` becomes
+    `stream` for a recurrent model and `blocks` for a transformer once `bind_model` has seen it.
     """
 
     def __init__(
@@ -35,36 +36,65 @@ class LMDataModule(L.LightningDataModule):
         name: str = "text",
         source: str | None = None,
         download: bool = True,
+        tokenizer: str = "word",
+        vocab_size: int | None = None,
+        tokenizer_from: str | None = None,
+        detokenize: bool = False,
+        protocol: str = "auto",
         batch_size: int = 20,
         eval_batch_size: int = 10,
         test_batch_size: int = 1,
         bptt: int = 35,
         variable_bptt: bool = False,
+        block_size: int = 256,
+        eval_stride: int | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
         train_eval_tokens: int = 0,
         train_split: str = "train",
         heldout_fraction: float = 0.5,
-        vocab: Vocabulary | None = None,
+        tokenizer_object: Tokenizer | None = None,
     ):
         super().__init__()
         self.corpus_dir = Path(os.path.expanduser(str(path)))
         self.name = name
         if source is not None and source not in SOURCES:
             raise LmdiscError(f"unknown corpus source {source!r}; known: {sorted(SOURCES)}")
+        if tokenizer not in TOKENIZERS:
+            raise LmdiscError(f"data.tokenizer must be one of {list(TOKENIZERS)}, got {tokenizer!r}")
+        if protocol not in PROTOCOLS:
+            raise LmdiscError(f"data.protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         self.source = source
         self.download = download
+        self.spec = TokenizerSpec(tokenizer, vocab_size, tokenizer_from, bool(detokenize))
+        self.requested_protocol = protocol
         self.batch_size = _positive("batch_size", batch_size)
         self.eval_batch_size = _positive("eval_batch_size", eval_batch_size)
         self.test_batch_size = _positive("test_batch_size", test_batch_size)
         self.bptt = _positive("bptt", bptt)
         self.variable_bptt = variable_bptt
+        self.block_size = _positive("block_size", block_size)
+        if eval_stride is not None and (
+            isinstance(eval_stride, bool)
+            or not isinstance(eval_stride, int)
+            or not 0 < eval_stride <= block_size
+        ):
+            raise LmdiscError(
+                f"data.eval_stride must be a whole number in 1..data.block_size ({block_size}), got {eval_stride!r}"
+            )
+        self.eval_stride = eval_stride
         self.seed = seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.num_workers = num_workers
-        if train_eval_tokens < 0:
-            raise LmdiscError(f"data.train_eval_tokens must be >= 0, got {train_eval_tokens}")
+        if (
+            isinstance(train_eval_tokens, bool)
+            or not isinstance(train_eval_tokens, int)
+            or train_eval_tokens < 0
+        ):
+            raise LmdiscError(
+                f"data.train_eval_tokens must be a whole number >= 0, got {train_eval_tokens!r}"
+            )
         self.train_eval_tokens = train_eval_tokens
         if train_split not in ("train", "heldout"):
             raise LmdiscError(f"train_split must be train or heldout, got {train_split!r}")
@@ -72,35 +102,66 @@ class LMDataModule(L.LightningDataModule):
             raise LmdiscError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
         self.train_split = train_split
         self.heldout_fraction = heldout_fraction
-        self.fixed_vocab = vocab
+        self.fixed_tokenizer = tokenizer_object
         self.corpus: Corpus | None = None
+        self.protocol: StreamProtocol | BlockProtocol | None = None
 
+    # ---- corpus ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.source is not None and self.download:
             ensure_corpus(self.corpus_dir, SOURCES[self.source])
+        elif self.corpus_dir.is_file():
+            raise LmdiscError(
+                f"data.path={self.corpus_dir} is a file; point it at the folder that holds train.txt, "
+                "valid.txt and test.txt"
+            )
+        elif not self.corpus_dir.is_dir():
+            raise LmdiscError(
+                f"corpus directory {self.corpus_dir} does not exist; point data.path (or "
+                "paths.data_dir / LMDISC_DATA_DIR) at a folder with train.txt, valid.txt, test.txt"
+            )
         else:
-            if not self.corpus_dir.is_dir():
-                raise LmdiscError(
-                    f"corpus directory {self.corpus_dir} does not exist; point data.path (or "
-                    "paths.data_dir / LMDISC_DATA_DIR) at a folder with train.txt, valid.txt, test.txt"
-                )
             check_corpus_dir(self.corpus_dir)
 
     def load(self) -> Corpus:
         """Tokenise the corpus once (idempotent); usable without a Trainer."""
         if self.corpus is None:
             self.prepare_data()
-            self.corpus = load_corpus(self.corpus_dir, self.cache_dir, vocab=self.fixed_vocab)
+            self.corpus = load_corpus(
+                self.corpus_dir, self.spec, self.cache_dir, tokenizer=self.fixed_tokenizer
+            )
         return self.corpus
 
     @property
-    def vocab(self) -> Vocabulary:
-        return self.load().vocab
+    def tokenizer(self) -> Tokenizer:
+        return self.load().tokenizer
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
 
-    def _stream(self, split: str, train_split: str | None = None, heldout_fraction: float | None = None):
+    # ---- protocol -------------------------------------------------------------------------
+    def bind_model(self, model) -> StreamProtocol | BlockProtocol:
+        """Choose the window protocol for `model` (`protocol=auto`) and check the windows fit it."""
+        name = self.requested_protocol
+        if name == "auto":
+            name = "stream" if getattr(model, "carries_state", True) else "blocks"
+        if name == "stream":
+            self.protocol = StreamProtocol(self.bptt, self.variable_bptt, self.seed)
+        else:
+            self.protocol = BlockProtocol(self.block_size, self.eval_stride, self.seed)
+        limit = getattr(model, "max_positions", None)
+        length = self.protocol.window_length
+        if limit is not None and length > limit:
+            key = "data.block_size" if name == "blocks" else "data.bptt"
+            raise LmdiscError(f"{key}={length} is longer than the model's maximum positions ({limit:,})")
+        return self.protocol
+
+    def _protocol(self) -> StreamProtocol | BlockProtocol:
+        if self.protocol is None:
+            raise RuntimeError("LMDataModule.bind_model(model) must choose the window protocol first")
+        return self.protocol
+
+    def _split(self, split: str, train_split: str | None = None, heldout_fraction: float | None = None):
         """A split as training and validation see it. With train_split=heldout, training reads
         the first `heldout_fraction` of the validation text and validation only the rest (the
         boundary token is an input of both, a target of neither twice)."""
@@ -109,13 +170,8 @@ class LMDataModule(L.LightningDataModule):
         if train_split == "train" or split == "test":
             return corpus[split]
         valid = corpus["valid"]
-        cut = int(valid.numel() * (heldout_fraction or self.heldout_fraction))
-        return valid[: cut + 1] if split == "train" else valid[cut:]
-
-    def discriminator_loader(self, train_split: str, heldout_fraction: float) -> DataLoader:
-        """The text a discriminator trains on (train, or the held-out part of valid), unsharded:
-        every rank re-trains the same discriminator on the same windows."""
-        return self._windows(self._stream("train", train_split, heldout_fraction), self.batch_size)
+        cut = int(len(valid) * (heldout_fraction or self.heldout_fraction))
+        return valid.slice(0, cut + 1) if split == "train" else valid.slice(cut)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -123,43 +179,41 @@ class LMDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(
-        self, split: str, batch_size: int, variable: bool, sharded: bool = True, max_tokens: int = 0
-    ) -> DataLoader:
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
+
+    def windows(self, split: TokenizedSplit, batch_size: int, train: bool = False, sharded: bool = True):
         rank, world = self._rank_world() if sharded else (0, 1)
-        stream = self._stream(split) if sharded else self.load()[split]
-        if max_tokens:
-            stream = stream[: max_tokens + 1]
-        return self._windows(stream, batch_size, rank, world, variable)
+        return self._protocol().loader(split, batch_size, train, rank, world, self._epoch(), self.num_workers)
 
-    def _windows(
-        self, stream, batch_size: int, rank: int = 0, world: int = 1, variable: bool = False
-    ) -> DataLoader:
-        """BPTT windows over `stream` laid out in `batch_size` columns (this rank's shard)."""
-        batches = layout_stream(stream, batch_size, rank, world)
-        sampler = WindowSampler(batches.length, self.bptt, variable, self.seed)
-        if variable and getattr(self, "trainer", None) is not None:
-            # Lightning counts an epoch's batches when it builds the loader, before set_epoch:
-            # draw this epoch's lengths now (train.py reloads the loader every epoch)
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(
-            WindowDataset(batches), sampler=sampler, batch_size=None, num_workers=self.num_workers
-        )
-
+    # ---- loaders --------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.variable_bptt)
+        return self.windows(self._split("train"), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Validation; plus, with `train_eval_tokens`, a fixed slice of train read in eval mode
         (so the generalisation gap is not distorted by dropout)."""
-        valid = self._loader("valid", self.eval_batch_size, False)
+        valid = self.windows(self._split("valid"), self.eval_batch_size)
         if not self.train_eval_tokens:
             return valid
-        return [valid, self._loader("train", self.eval_batch_size, False, max_tokens=self.train_eval_tokens)]
+        head = self._split("train").slice(0, self.train_eval_tokens + 1)
+        return [valid, self.windows(head, self.eval_batch_size)]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.test_batch_size, False)
+        return self.windows(self._split("test"), self.test_batch_size)
 
-    def split_loader(self, split: str, batch_size: int) -> DataLoader:
-        """Unsharded fixed-window loader over a whole split (the standard evaluation protocol)."""
-        return self._loader(split, _positive("batch_size", batch_size), False, sharded=False)
+    def split_loader(self, split: str) -> DataLoader:
+        """Unsharded evaluation windows over a whole split, by the protocol's standard batch size."""
+        protocol = self._protocol()
+        batch_size = protocol.eval_batch_size(split, self.eval_batch_size)
+        return self.windows(self.load()[split], batch_size, sharded=False)
+
+    def discriminator_loader(self, train_split: str, heldout_fraction: float) -> DataLoader:
+        """The text a discriminator re-trains on (train, or the held-out part of valid), unsharded:
+        every rank re-trains the same discriminator on the same windows. Streams are read in fixed
+        BPTT windows, transformers in training blocks."""
+        train = not self._protocol().carries_state
+        return self.windows(
+            self._split("train", train_split, heldout_fraction), self.batch_size, train, False
+        )

@@ -7,12 +7,25 @@ from typing import Any, Protocol
 
 import torch
 
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.window import IGNORE_INDEX
+
+from .chunked import chunked_nll
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits up-cast to fp32 for softmax and divergences; fp32 and fp64 kept as they are
+    (a 64-true run stays in fp64 end to end, so its numbers are reproducible across machines)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 @dataclass
 class BatchContext:
-    """What a loss may need beyond logits and targets (reference models read `inputs`/`state`)."""
+    """What a loss may need beyond logits and targets (reference models read `inputs`).
+
+    In chunked mode (`ce_chunk_size`) the step has no logits: `logits` is None and `features` with
+    `output_layer` (weight, bias) stand in for them; only losses that need nothing but the summed
+    NLL (`needs_logits = False`) run that way.
+    """
 
     inputs: torch.Tensor
     state: Any = None
@@ -22,22 +35,41 @@ class BatchContext:
     first_window: bool = False
     # False on steps whose logs Lightning will not keep: losses may skip costly diagnostics
     diagnostics: bool = True
+    features: torch.Tensor | None = None
+    output_layer: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    chunk_size: int = 0
     _log_probs: torch.Tensor | None = field(default=None, repr=False)
     _log_probs_of: torch.Tensor | None = field(default=None, repr=False)
     _nll: torch.Tensor | None = field(default=None, repr=False)
+    _nll_sum: torch.Tensor | None = field(default=None, repr=False)
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """log_softmax of `logits` in at least fp32, computed once per step however many terms ask for it."""
+        if logits is None:
+            raise RuntimeError("this loss needs the logits: it cannot run with a chunked cross-entropy")
         if self._log_probs_of is not logits:
             self._log_probs = torch.log_softmax(at_least_fp32(logits), dim=-1)
             self._log_probs_of = logits
+            self._nll = self._nll_sum = None
         return self._log_probs
 
-    def token_nll(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token NLL [B, T] from the shared log-probs; 0 at ignored targets. Cached too."""
-        if self._nll is None or self._log_probs_of is not logits:
+    def token_nll(self, logits: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token NLL [B, T]; 0 at ignored targets. Cached; detached in chunked mode."""
+        if logits is None:
+            self.nll_sum(None, targets)
+        elif self._nll is None or self._log_probs_of is not logits:
             self._nll = gather_nll(self.log_probs(logits), targets, self.ignore_index)
         return self._nll
+
+    def nll_sum(self, logits: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        """Σ NLL over the scored targets, differentiable: from the logits, or chunk by chunk from the
+        features and the output layer when there are none."""
+        if logits is not None:
+            return self.token_nll(logits, targets).sum()
+        if self._nll_sum is None:
+            weight, bias = self.output_layer
+            self._nll_sum, self._nll = chunked_nll(self.features, weight, bias, targets, self.chunk_size)
+        return self._nll_sum
 
 
 @dataclass
@@ -48,12 +80,6 @@ class LossOutput:
 
 class Loss(Protocol):
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput: ...
-
-
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits up-cast to fp32 for softmax and divergences; fp32 and fp64 kept as they are
-    (a 64-true run stays in fp64 end to end, so its numbers are reproducible across machines)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def gather_nll(

@@ -34,6 +34,11 @@ class CompositeLoss:
                 raise LmdiscError(f"loss term {name!r} has weight {term['weight']} < 0")
             self.terms[name] = (float(term["weight"]), term["loss"])
 
+    @property
+    def needs_logits(self) -> bool:
+        """True unless every term only needs the summed NLL (then a chunked cross-entropy can run)."""
+        return any(getattr(loss_fn, "needs_logits", True) for _, loss_fn in self.terms.values())
+
     def bind_corpus(self, corpus) -> None:
         """Hand the training corpus to the terms that use it (e.g. rkl's frequency buckets)."""
         for _, loss_fn in self.terms.values():

@@ -26,6 +26,8 @@ class PerplexityLoss:
     batch contributes no gradient through this term (so one bad batch cannot overflow).
     """
 
+    needs_logits = False  # a function of the summed NLL: runs with a chunked cross-entropy too
+
     def __init__(self, base: str | int | float = "e", max_log_ppl: float = 20.0):
         key = str(base).rstrip("0").rstrip(".") if not isinstance(base, str) else base
         if key not in BASES:
@@ -37,8 +39,7 @@ class PerplexityLoss:
         self.max_log_ppl = float(max_log_ppl)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
-        nll = ctx.token_nll(logits, targets)
-        ce = nll.sum() / (targets != ctx.ignore_index).sum().clamp_min(1)
+        ce = ctx.nll_sum(logits, targets) / (targets != ctx.ignore_index).sum().clamp_min(1)
         value = torch.exp(torch.clamp(ce, max=self.max_log_ppl))
         logs = {f"cross_entropy_{self.unit}": (ce / math.log(self.base)).detach()}
         return LossOutput(value, logs)

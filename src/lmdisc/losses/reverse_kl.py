@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmdisc.models.base import State
+from lmdisc.window_loop import Reader
 
 from .base import BatchContext, LossOutput
 
@@ -57,7 +57,8 @@ class _ReverseKLTerm(torch.autograd.Function):
 
 
 class ReverseKLLoss:
-    """The rKL term for `loss=rkl_disc`, with its own carried states for q_0 and the discriminator.
+    """The rKL term for `loss=rkl_disc`, reading each window with q_0 and the discriminator (their
+    states carried through `Reader`s, like the model's; none for transformers).
 
     `reference` and `discriminator` are frozen `forward(tokens, state) -> (out, state, extras)`
     modules (the discriminator's `out` is s). They are not nn.Module attributes of the
@@ -81,20 +82,22 @@ class ReverseKLLoss:
             and hasattr(reference, "decode")
             and discriminator.shares_body_with(reference)
         )
-        self._states: tuple[State, State] = (None, None)
+        self._reference_reader = Reader(self.reference, getattr(reference, "carries_state", True))
+        self._discriminator_reader = (
+            Reader(self.discriminator, getattr(discriminator, "carries_state", True))
+            if discriminator
+            else None
+        )
         self._bucket_onehot: torch.Tensor | None = None
         self._bucket_names: list[str] = []
 
     def bind_corpus(self, corpus) -> None:
         """Group the vocabulary by training-set frequency, so each step logs the probability mass
         fine-tuning has moved into (or out of) each bucket: mean_c Σ_{v in bucket} (q_θ − q_0)."""
-        from lmdisc.analysis.frequency import FrequencyBuckets
+        from lmdisc.analysis.frequency import token_classes
 
-        buckets = FrequencyBuckets(corpus["train"], len(corpus.vocab))
-        self._bucket_names = [row["bucket"] for row in buckets.rows()]
-        self._bucket_onehot = torch.nn.functional.one_hot(
-            buckets.bucket_of_word, len(self._bucket_names)
-        ).float()
+        classes, self._bucket_names = token_classes(corpus["train"].ids, self.reference.vocab_size)
+        self._bucket_onehot = torch.nn.functional.one_hot(classes, len(self._bucket_names)).float()
 
     def _to(self, device: torch.device) -> None:
         if next(self.reference.parameters()).device != device:
@@ -108,13 +111,16 @@ class ReverseKLLoss:
         log q_0 + s + lse0 where lse0 = logsumexp(z_0) per position. The term's gradient needs only
         c (a per-position constant cancels) and its value adds lse0 back, so q_0 is never
         normalised over [B, T, V]; log_q0 and s on their own are made for diagnostics only."""
-        ref_state, disc_state = (None, None) if first_window else self._states
+        readers = [self._reference_reader, self._discriminator_reader]
+        if first_window:
+            for reader in filter(None, readers):
+                reader.reset()
         s = None
         if self.shared_body:
-            features, ref_state, _ = self.reference.features(inputs, ref_state)
+            features, _ = self._reference_reader(inputs, self.reference.features)
             c = self.reference.decode(features).float()
         else:
-            ref_logits, ref_state, _ = self.reference(inputs, ref_state)
+            ref_logits, _ = self._reference_reader(inputs)
             c = ref_logits.float()
         lse0 = torch.logsumexp(c, dim=-1)
         log_q0 = c - lse0.unsqueeze(-1) if diagnostics else None
@@ -125,10 +131,9 @@ class ReverseKLLoss:
                 if self.shared_body:
                     s = self.discriminator.scores(features).float()
                 else:
-                    s, disc_state, _ = self.discriminator(inputs, disc_state)
+                    s, _ = self._discriminator_reader(inputs)
                     s = s.float()
                 c.add_(s)
-        self._states = (ref_state, disc_state)
         return c, lse0, log_q0, s if diagnostics else None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
@@ -174,6 +179,7 @@ def reverse_kl_from_checkpoints(
     from lmdisc.checkpoint import (
         build_model,
         check_discriminator_of,
+        checkpoint_tokenizer,
         load_discriminator,
         load_lm_checkpoint,
         weights_sha256,
@@ -198,7 +204,7 @@ def reverse_kl_from_checkpoints(
         disc_ckpt,
         discriminator_ckpt,
         weights_sha256(q0.state_dict()),
-        reference["lmdisc"]["vocab"],
+        checkpoint_tokenizer(reference),
         reference_ckpt,
     )
     return ReverseKLLoss(q0, disc, disc_ckpt["lmdisc"]["config"])

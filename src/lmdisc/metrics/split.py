@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.window import IGNORE_INDEX, Window
 from lmdisc.losses.base import at_least_fp32, gather_nll
 
 from .perplexity import TokenNLL
@@ -13,7 +13,7 @@ from .uncertainty import CalibrationError, PredictiveEntropy
 
 
 class SplitMetrics(nn.Module):
-    """Token-weighted loss/perplexity, predictive entropy (bits) and top-1 ECE of a split."""
+    """Token-weighted loss/perplexity, word-level perplexity, predictive entropy (bits) and top-1 ECE."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX):
         super().__init__()
@@ -22,15 +22,22 @@ class SplitMetrics(nn.Module):
         self.entropy = PredictiveEntropy(ignore_index)
         self.ece = CalibrationError(ignore_index=ignore_index)
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, window: Window) -> None:
         log_probs = torch.log_softmax(at_least_fp32(logits.detach()), dim=-1)
-        self.nll.update(gather_nll(log_probs, targets, self.ignore_index), targets)
+        targets = window.targets
+        self.nll.update(gather_nll(log_probs, targets, self.ignore_index), targets, window.words)
         self.entropy.update(log_probs, targets)
         self.ece.update(log_probs, targets)
 
     def compute(self) -> dict[str, torch.Tensor]:
         loss = self.nll.compute()
-        return {"loss": loss, "ppl": loss.exp(), "entropy": self.entropy.compute(), "ece": self.ece.compute()}
+        return {
+            "loss": loss,
+            "ppl": loss.exp(),
+            "word_ppl": self.nll.word_loss().exp(),
+            "entropy": self.entropy.compute(),
+            "ece": self.ece.compute(),
+        }
 
     def reset(self) -> None:
         for metric in (self.nll, self.entropy, self.ece):

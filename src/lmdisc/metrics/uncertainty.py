@@ -7,7 +7,7 @@ import math
 import torch
 from torchmetrics import Metric
 
-from lmdisc.data.batching import IGNORE_INDEX
+from lmdisc.data.window import IGNORE_INDEX
 
 
 def token_entropy_bits(log_probs: torch.Tensor) -> torch.Tensor:

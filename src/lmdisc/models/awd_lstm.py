@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .base import LanguageModelBase, State, run_recurrent
+from .embedding import TokenEmbedding
 from .regularizers import LockedDropout, WeightDrop, embedding_dropout
 
 
@@ -31,13 +32,14 @@ class AWDLSTM(LanguageModelBase):
         alpha: float = 2.0,
         beta: float = 1.0,
         init_range: float = 0.1,
+        input_only_tokens: int = 0,
     ):
         super().__init__()
         self.vocab_size = vocab_size
         self.dropout, self.dropouth, self.dropouti, self.dropoute = dropout, dropouth, dropouti, dropoute
         self.alpha, self.beta = alpha, beta
         self.lockdrop = LockedDropout(dropout)
-        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.embedding = TokenEmbedding(vocab_size, emb_size, input_only_tokens)
         out_last = emb_size if tie_weights else hidden_size
         sizes = [emb_size] + [hidden_size] * (num_layers - 1) + [out_last]
         self.rnns = nn.ModuleList(
@@ -56,10 +58,6 @@ class AWDLSTM(LanguageModelBase):
     def feature_size(self) -> int:
         return self.decoder.in_features
 
-    def forward(self, tokens: torch.Tensor, state: State = None):
-        output, new_state, extras = self.features(tokens, state)
-        return self.decode(output), new_state, extras
-
     def features(self, tokens: torch.Tensor, state: State = None):
         """The body's output before the decoder: (hidden[B,T,H], new_state, extras)."""
         x = embedding_dropout(self.embedding, tokens, self.dropoute if self.training else 0.0)
@@ -74,6 +72,16 @@ class AWDLSTM(LanguageModelBase):
         output = self.lockdrop(x, self.dropout)
         extras = {"raw_output": raw_output, "dropped_output": output}
         return output, new_state, extras
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder(features)
+
+    def output_layer(self):
+        return self.decoder.weight, self.decoder.bias
+
+    def parameter_groups(self) -> list[dict]:
+        """AWD-LSTM's recipe decays every parameter (embeddings and biases included)."""
+        return self.single_parameter_group()
 
     def regularization_loss(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """AR (alpha * mean squared dropped output) + TAR (beta * mean squared step change)."""

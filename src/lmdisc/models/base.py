@@ -45,19 +45,53 @@ def run_recurrent(rnn: nn.Module, x: torch.Tensor, state: State = None):
 class LanguageModelBase(nn.Module):
     """forward(tokens[B,T], state=None) -> (logits[B,T,V], new_state, extras).
 
-    `features` returns the body's output before the decoder, so a discriminator can reuse (a
-    copy of) the body as its context encoder.
+    `features` returns the body's output before the output layer and `decode` maps it to logits,
+    so a discriminator can reuse (a copy of) the body as its context encoder. `carries_state`
+    says whether `state` means anything (recurrent models) or is always None (transformers);
+    `max_positions` bounds a window's length where the model has one.
     """
 
     vocab_size: int
     feature_size: int
+    carries_state: bool = True
+    max_positions: int | None = None
 
     def features(self, tokens: torch.Tensor, state: State = None):
         raise NotImplementedError
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from `features()`' output (both our LMs end in a linear `decoder`)."""
-        return self.decoder(features)
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, state: State = None):
+        hidden, state, extras = self.features(tokens, state)
+        return self.decode(hidden), state, extras
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight [V, H], bias [V] or None) when `decode(h) == h @ weight.T + bias`, which lets the
+        cross-entropy be computed in chunks without all logits at once; None otherwise."""
+        return None
+
+    def parameter_groups(self) -> list[dict]:
+        """Decay (matrices of linear maps) and no-decay (biases, norms, embeddings) parameter groups
+        for the optimiser; the no-decay group sets weight_decay 0, the other keeps the optimiser's."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        embeddings |= {id(m.extra) for m in self.modules() if getattr(m, "extra", None) is not None}
+        decay, no_decay, seen = [], [], set()
+        for param in self.parameters():
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+        groups = [
+            {"params": decay, "group": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def single_parameter_group(self) -> list[dict]:
+        """Every parameter in one group, in the model's order: for recipes that decay all parameters
+        (AWD-LSTM) or none (Zaremba et al.), whose numbers must not depend on grouping."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "group": "all"}]
 
     def regularization_loss(self, extras: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Model-specific penalty added to the training loss (AWD's AR/TAR); none by default."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .base import LanguageModelBase, State, run_recurrent
+from .embedding import TokenEmbedding
 
 
 class LSTMEncoder(nn.Module):
@@ -30,14 +31,16 @@ class LSTMEncoder(nn.Module):
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.0,
+        input_only_tokens: int = 0,
     ):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.embedding = TokenEmbedding(vocab_size, emb_size, input_only_tokens)
         self.rnn = nn.LSTM(
             emb_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
         )
         self.drop = nn.Dropout(dropout)
         self.feature_size = hidden_size
+        self.carries_state = True
 
     def forward(self, tokens: torch.Tensor, state: State = None):
         hidden, state = run_recurrent(self.rnn, self.drop(self.embedding(tokens)), state)
@@ -45,13 +48,15 @@ class LSTMEncoder(nn.Module):
 
 
 class LMBodyEncoder(nn.Module):
-    """The features of a language model's body (its `features()`), trainable copy or frozen."""
+    """The features of a language model's body (its `features()`), trainable copy or frozen; works
+    for any model of ours (an LSTM's state is carried, a transformer's is None)."""
 
     def __init__(self, lm: LanguageModelBase, trainable: bool = True):
         super().__init__()
         self.body = copy.deepcopy(lm)
         self.trainable = trainable
         self.feature_size = lm.feature_size
+        self.carries_state = getattr(lm, "carries_state", True)
         if not trainable:
             self.body.requires_grad_(False)
 
@@ -77,6 +82,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.vocab_size = vocab_size
+        self.carries_state = encoder.carries_state
         size = encoder.feature_size
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if mlp_size:
@@ -118,6 +124,7 @@ class FrequencyClassDiscriminator(nn.Module):
     """
 
     encoder = None  # no context encoder, so nothing to follow when q_0 is refreshed
+    carries_state = False
 
     def __init__(self, word_class: torch.Tensor):
         super().__init__()
@@ -144,9 +151,10 @@ def build_discriminator(
     dropout: float = 0.0,
     lstm: dict | None = None,
     word_class: torch.Tensor | None = None,
+    input_only_tokens: int = 0,
 ) -> Discriminator | FrequencyClassDiscriminator:
     """The discriminator named by `discriminator.encoder` (see the module docstring);
-    `freq_class` needs `word_class`, each word id's training-frequency class."""
+    `freq_class` needs `word_class`, each predicted id's training-frequency class."""
     if encoder == "freq_class":
         if word_class is None or word_class.numel() != vocab_size:
             raise ValueError(
@@ -154,7 +162,7 @@ def build_discriminator(
             )
         return FrequencyClassDiscriminator(word_class)
     if encoder == "lstm":
-        enc = LSTMEncoder(vocab_size, **(lstm or {}))
+        enc = LSTMEncoder(vocab_size, **(lstm or {}), input_only_tokens=input_only_tokens)
     elif encoder in ("lm_copy", "lm_frozen"):
         if lm is None:
             raise ValueError(f"encoder {encoder!r} needs the language model")

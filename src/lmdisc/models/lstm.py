@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .base import LanguageModelBase, State, run_recurrent
+from .embedding import TokenEmbedding
 
 
 class LSTMLanguageModel(LanguageModelBase):
@@ -20,19 +21,21 @@ class LSTMLanguageModel(LanguageModelBase):
         dropout: float = 0.0,
         tie_weights: bool = False,
         init_range: float = 0.1,
+        input_only_tokens: int = 0,
     ):
         super().__init__()
         if tie_weights and emb_size != hidden_size:
             raise ValueError("tie_weights needs emb_size == hidden_size")
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, emb_size)
+        self.embedding = TokenEmbedding(vocab_size, emb_size, input_only_tokens)
         self.drop = nn.Dropout(dropout)
         self.rnn = nn.LSTM(
             emb_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0, batch_first=True
         )
         self.decoder = nn.Linear(hidden_size, vocab_size)
         for param in self.parameters():
-            nn.init.uniform_(param, -init_range, init_range)
+            if param is not self.embedding.extra:  # input-only rows start at zero
+                nn.init.uniform_(param, -init_range, init_range)
         if tie_weights:
             self.decoder.weight = self.embedding.weight
 
@@ -45,6 +48,11 @@ class LSTMLanguageModel(LanguageModelBase):
         hidden, state = run_recurrent(self.rnn, self.drop(self.embedding(tokens)), state)
         return self.drop(hidden), state, {}
 
-    def forward(self, tokens: torch.Tensor, state: State = None):
-        hidden, state, extras = self.features(tokens, state)
-        return self.decode(hidden), state, extras
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder(features)
+
+    def output_layer(self):
+        return self.decoder.weight, self.decoder.bias
+
+    def parameter_groups(self) -> list[dict]:
+        return self.single_parameter_group()

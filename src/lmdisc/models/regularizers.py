@@ -24,11 +24,14 @@ class LockedDropout(nn.Module):
 
 
 def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -> torch.Tensor:
-    """Drop whole word types: every occurrence of a dropped word gets a zero vector."""
+    """Drop whole word types: every occurrence of a dropped word gets a zero vector (a
+    `TokenEmbedding`'s input-only rows are never dropped)."""
     weight = embedding.weight
     if p > 0:
         mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
         weight = weight * mask
+    if hasattr(embedding, "lookup"):
+        return embedding.lookup(tokens, weight)
     return F.embedding(tokens, weight, embedding.padding_idx)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import lightning as L
 import torch
 
+from lmdisc.data.window import Window
 from lmdisc.losses.discriminator import NEGATIVES, discriminator_bce, discriminator_stats
-from lmdisc.models.base import detach_state
+from lmdisc.window_loop import Reader
 
 ZERO_HEAD_BCE = 2 * math.log(2)
 
@@ -29,9 +29,8 @@ class DiscriminatorModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         negatives: str = "exact",
         k: int = 8,
-        vocab: list[str] | None = None,
-        lm_info: dict | None = None,
-        run_config: dict | None = None,
+        checkpoint_meta: dict | None = None,
+        carry_state: bool | None = None,
     ):
         super().__init__()
         if negatives not in NEGATIVES:
@@ -42,10 +41,12 @@ class DiscriminatorModule(L.LightningModule):
         self.discriminator = discriminator
         self.optimizer_factory = optimizer
         self.negatives, self.k = negatives, k
-        self.vocab = list(vocab or [])
-        self.lm_info = lm_info or {}
-        self.run_config = run_config or {}
-        self._states: dict[str, Any] = {}
+        self.checkpoint_meta = checkpoint_meta or {}
+        carry = getattr(lm, "carries_state", True) if carry_state is None else carry_state
+        self._readers = {
+            stage: (Reader(lm, carry), Reader(discriminator, carry and discriminator.carries_state))
+            for stage in ("train", "val")
+        }
         self._sums: dict[str, torch.Tensor] = {}
 
     @property
@@ -59,20 +60,23 @@ class DiscriminatorModule(L.LightningModule):
         self.lm.to(self.device)
 
     def _forward(self, stage: str, inputs: torch.Tensor):
-        lm_state, disc_state = self._states.get(stage, (None, None))
+        lm_reader, disc_reader = self._readers[stage]
         with torch.no_grad():
             self.lm.eval()
-            lm_logits, lm_state, _ = self.lm(inputs, lm_state)
+            lm_logits, _ = lm_reader(inputs)
             log_q0 = torch.log_softmax(lm_logits.float(), dim=-1)
-        s, disc_state, _ = self.discriminator(inputs, disc_state)
-        self._states[stage] = (detach_state(lm_state), detach_state(disc_state))
+        s, _ = disc_reader(inputs)
         return s.float(), log_q0
 
-    def on_train_epoch_start(self) -> None:
-        self._states.pop("train", None)
+    def _reset(self, stage: str) -> None:
+        for reader in self._readers[stage]:
+            reader.reset()
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+
+    def training_step(self, batch: Window, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch.inputs, batch.targets
         s, log_q0 = self._forward("train", inputs)
         mask = targets >= 0
         loss = discriminator_bce(s, targets, log_q0, mask, self.negatives, self.k)
@@ -80,11 +84,11 @@ class DiscriminatorModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._states.pop("val", None)
+        self._reset("val")
         self._sums = {}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        inputs, targets = batch
+    def validation_step(self, batch: Window, batch_idx: int) -> None:
+        inputs, targets = batch.inputs, batch.targets
         s, log_q0 = self._forward("val", inputs)
         for name, value in discriminator_stats(s, targets, log_q0, targets >= 0).items():
             self._sums[name] = self._sums.get(name, 0) + value
@@ -106,9 +110,4 @@ class DiscriminatorModule(L.LightningModule):
         return self.optimizer_factory(params=params)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lmdisc"] = {
-            "kind": "discriminator",
-            "vocab": self.vocab,
-            "config": self.run_config,
-            "lm": dict(self.lm_info),
-        }
+        checkpoint["lmdisc"] = {"kind": "discriminator", **self.checkpoint_meta}

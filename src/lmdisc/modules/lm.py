@@ -1,4 +1,4 @@
-"""LanguageModel: wires an LM nn.Module, a loss and an optimiser into truncated-BPTT training."""
+"""LanguageModel: wires an LM nn.Module, a loss and an optimiser into training on windows."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ import lightning as L
 import torch
 from torch import nn
 
+from lmdisc.data.window import Window
 from lmdisc.losses.base import BatchContext, Loss
 from lmdisc.metrics import SplitMetrics, TokenNLL
-from lmdisc.models.base import LanguageModelBase, detach_state
+from lmdisc.models.base import LanguageModelBase
+from lmdisc.window_loop import Reader
 
-EVAL_STAGES = ("val", "train_eval", "test")
+EVAL_STAGES = ("val", "train_eval")
 
 
 class LanguageModel(L.LightningModule):
-    """Trains `model` on stream batches with the recurrent state carried across windows.
+    """Trains `model` on the windows of a protocol: stream windows with the recurrent state carried
+    (`carry_state`), or independent transformer blocks.
 
-    Lightning 2 has no built-in TBPTT, so the state lives here: one per stage, reset at the
-    start of each epoch, detached after every training window. With `scale_lr_by_window`
-    (AWD's variable BPTT) each step's learning rate is scaled by window length / `bptt`.
+    Lightning 2 has no built-in TBPTT, so the state lives in one `Reader` per stage, reset at the
+    start of each epoch and detached after every training window. With `scale_lr_by_window`
+    (AWD's variable BPTT) each step's learning rate is scaled by window length / `bptt`. With
+    `ce_chunk_size` and a loss that needs only the summed NLL, the cross-entropy is computed in
+    chunks of that many positions from the model's features (no [B, T, V] logits).
     """
 
     def __init__(
@@ -34,8 +39,9 @@ class LanguageModel(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         bptt: int = 35,
         scale_lr_by_window: bool = False,
-        vocab: list[str] | None = None,
-        run_config: dict | None = None,
+        checkpoint_meta: dict | None = None,
+        carry_state: bool | None = None,
+        ce_chunk_size: int | None = None,
     ):
         super().__init__()
         self.model = model
@@ -46,11 +52,15 @@ class LanguageModel(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.bptt = bptt
         self.scale_lr_by_window = scale_lr_by_window
-        self.vocab = list(vocab or [])
-        self.run_config = run_config or {}
+        self.checkpoint_meta = checkpoint_meta or {}
+        carry = model.carries_state if carry_state is None else carry_state
+        self.readers = {stage: Reader(model, carry) for stage in ("train", *EVAL_STAGES)}
+        chunk = ce_chunk_size or 0
+        self.chunk_size = chunk if chunk and not getattr(loss, "needs_logits", True) else 0
+        if self.chunk_size and model.output_layer() is None:
+            self.chunk_size = 0  # the output is not a plain linear map: logits it is
         self.train_nll = TokenNLL()
         self.eval_metrics = nn.ModuleDict({stage: SplitMetrics() for stage in EVAL_STAGES})
-        self._state: dict[str, Any] = {"train": None, **dict.fromkeys(EVAL_STAGES)}
         self._window_len = bptt
         self.tokens_seen = 0  # input tokens of this process' training windows, for throughput
 
@@ -64,29 +74,33 @@ class LanguageModel(L.LightningModule):
             self.loss_fn.bind_corpus(datamodule.load())
 
     def on_train_epoch_start(self) -> None:
-        self._state["train"] = None
+        self.readers["train"].reset()
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
+    def training_step(self, batch: Window, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch.inputs, batch.targets
         self._window_len = inputs.shape[1]
         self.tokens_seen += inputs.numel()
-        first_window = self._state["train"] is None
-        logits, state, extras = self.model(inputs, self._state["train"])
-        self._state["train"] = detach_state(state)
-        ctx = BatchContext(
-            inputs=inputs,
-            state=state,
-            extras=extras,
-            first_window=first_window,
-            diagnostics=self._logs_kept(),
-        )
+        reader = self.readers["train"]
+        first_window = reader.first_window
+        ctx = BatchContext(inputs=inputs, first_window=first_window, diagnostics=self._logs_kept())
+        if self.chunk_size:
+            features, ctx.extras = reader(inputs, self.model.features)
+            ctx.features, ctx.output_layer, ctx.chunk_size = (
+                features,
+                self.model.output_layer(),
+                self.chunk_size,
+            )
+            logits = None
+        else:
+            logits, ctx.extras = reader(inputs)
+        ctx.state = reader.state
         out = self.loss_fn(logits, targets, ctx)
         loss = out.loss
-        penalty = self.model.regularization_loss(extras)
+        penalty = self.model.regularization_loss(ctx.extras)
         if penalty is not None:
             loss = loss + penalty
             out.logs["regularization"] = penalty.detach()
-        self.train_nll.update(ctx.token_nll(logits, targets), targets)
+        self.train_nll.update(ctx.token_nll(logits, targets), targets, batch.words)
         self.log("train/objective", loss.detach(), prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return loss
@@ -102,9 +116,11 @@ class LanguageModel(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         nll = self.train_nll.compute().float()
+        word_nll = self.train_nll.word_loss().float()
         self.train_nll.reset()
         self.log("train/loss", nll)
         self.log("train/ppl", nll.exp())
+        self.log("train/word_ppl", word_nll.exp())
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         scale = self._window_len / self.bptt if self.scale_lr_by_window else 1.0
@@ -118,12 +134,16 @@ class LanguageModel(L.LightningModule):
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr
 
-    # ---- evaluation -----------------------------------------------------------------------
-    def _eval_step(self, stage: str, batch) -> None:
-        inputs, targets = batch
-        logits, state, _ = self.model(inputs, self._state[stage])
-        self._state[stage] = state
-        self.eval_metrics[stage].update(logits, targets)
+    # ---- validation -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        for stage in EVAL_STAGES:
+            self.readers[stage].reset()
+
+    def validation_step(self, batch: Window, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # dataloader 1, when configured (data.train_eval_tokens), is a fixed slice of train
+        stage = "train_eval" if dataloader_idx == 1 else "val"
+        logits, _ = self.readers[stage](batch.inputs)
+        self.eval_metrics[stage].update(logits, batch)
 
     def _log_eval(self, stage: str) -> dict[str, torch.Tensor]:
         values = {k: v.float() for k, v in self.eval_metrics[stage].compute().items()}
@@ -132,31 +152,15 @@ class LanguageModel(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "ppl")
         return values
 
-    def on_validation_epoch_start(self) -> None:
-        self._state["val"] = self._state["train_eval"] = None
-
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        # dataloader 1, when configured (data.train_eval_tokens), is a fixed slice of train
-        self._eval_step("train_eval" if dataloader_idx == 1 else "val", batch)
-
     def on_validation_epoch_end(self) -> None:
         val = self._log_eval("val")
         if self.eval_metrics["train_eval"].nll.tokens > 0:
             train = self._log_eval("train_eval")
             self.log("gap/ppl", val["ppl"] - train["ppl"])
 
-    def on_test_epoch_start(self) -> None:
-        self._state["test"] = None
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
-
     # ---- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.model.parameters())
+        optimizer = self.optimizer_factory(params=self.model.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {
@@ -167,4 +171,4 @@ class LanguageModel(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lmdisc"] = {"vocab": self.vocab, "config": self.run_config}
+        checkpoint["lmdisc"] = {"kind": "lm", **self.checkpoint_meta}

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from lmdisc.data.batching import IGNORE_INDEX, WindowDataset, WindowSampler, bptt_windows, layout_stream
+from lmdisc.data.stream import BPTTSampler, StreamDataset, bptt_windows, layout_stream
+from lmdisc.data.window import IGNORE_INDEX
 
 
 def _targets_in_order(batches, windows):
-    dataset = WindowDataset(batches)
+    dataset = StreamDataset(batches)
     cols = [[] for _ in range(batches.inputs.shape[0])]
     for window in windows:
-        inputs, targets = dataset[window]
+        inputs, targets, _, _ = dataset[window]
         for c in range(inputs.shape[0]):
             cols[c].append((inputs[c], targets[c]))
     return cols
@@ -63,7 +64,7 @@ def test_variable_bptt_follows_awd_rules_and_is_reproducible():
     assert any(length < 50 for length in lengths)  # the half-length draws happen
     starts = [s for s, _ in windows]
     assert starts == sorted(starts) and sum(length for _, length in windows) == 10_000
-    a, b = WindowSampler(10_000, 70, True, seed=3), WindowSampler(10_000, 70, True, seed=3)
+    a, b = BPTTSampler(10_000, 70, True, seed=3), BPTTSampler(10_000, 70, True, seed=3)
     a.set_epoch(5)
     b.set_epoch(5)
     assert list(a) == list(b)
@@ -76,3 +77,13 @@ def test_bad_sizes_are_refused():
         layout_stream(torch.arange(10), 0)
     with pytest.raises(ValueError, match="bptt"):
         bptt_windows(10, 0)
+
+
+def test_positions_and_word_weights_follow_the_targets():
+    stream = torch.arange(50) * 3
+    weights = torch.arange(50, dtype=torch.float32) / 10
+    layout = layout_stream(stream, 4, word_weight=weights)
+    scored = layout.targets != IGNORE_INDEX
+    assert torch.equal(layout.targets[scored], stream[layout.positions[scored]])
+    assert torch.equal(layout.words[scored], weights[layout.positions[scored]])
+    assert (layout.positions[~scored] == -1).all() and (layout.words[~scored] == 0).all()

@@ -1,11 +1,12 @@
-"""Stream batching for recurrent LMs: one token stream, `batch_size` contiguous columns, BPTT windows.
+"""The `stream` window protocol for recurrent LMs: one token stream, `batch_size` contiguous
+columns, BPTT windows read in order with the state carried.
 
 Layout. A split is one id stream x_0..x_n. Inputs are x_0..x_{n-1} and targets x_1..x_n, so
 every token except the first is a target exactly once. Under DDP the (input, target) pairs are
 first cut into `world_size` contiguous shards, one per rank; a shard is then cut into
 `batch_size` contiguous columns, read top to bottom in windows of `bptt` steps, with the
 recurrent state carried from one window to the next. A column that runs short is padded at its
-end with targets equal to `ignore_index`, which every loss and metric skips.
+end with targets equal to `IGNORE_INDEX`, which every loss and metric skips.
 """
 
 from __future__ import annotations
@@ -17,40 +18,57 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-IGNORE_INDEX = -100
+from .window import IGNORE_INDEX, Window
 
 
 @dataclass
-class StreamBatches:
-    """A split laid out as [batch_size, length] input and target columns."""
+class StreamLayout:
+    """A split laid out as [batch_size, length] columns of inputs, targets, word weights, positions."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
+    words: torch.Tensor
+    positions: torch.Tensor
 
     @property
     def length(self) -> int:
         return self.inputs.shape[1]
 
 
-def layout_stream(stream: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> StreamBatches:
-    """This rank's contiguous shard of the stream, cut into `batch_size` columns."""
+def layout_stream(
+    stream: torch.Tensor,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    word_weight: torch.Tensor | None = None,
+) -> StreamLayout:
+    """This rank's contiguous shard of the stream, cut into `batch_size` columns.
+
+    `word_weight[i]`: how many words token i ends (default 1 per token, as for a word tokenizer).
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
     pairs = stream.numel() - 1
     per_rank = math.ceil(pairs / world_size)
-    columns = batch_size
-    per_column = math.ceil(per_rank / columns)
+    per_column = math.ceil(per_rank / batch_size)
     if per_column == 0:
         raise ValueError(f"a stream of {stream.numel()} tokens is too short for {world_size} ranks")
     start = min(rank * per_rank, pairs)
     stop = min(start + per_rank, pairs)
-    inputs = torch.zeros(columns * per_column, dtype=torch.long)
-    targets = torch.full((columns * per_column,), IGNORE_INDEX, dtype=torch.long)
-    inputs[: stop - start] = stream[start:stop]
-    targets[: stop - start] = stream[start + 1 : stop + 1]
-    return StreamBatches(inputs.view(columns, per_column), targets.view(columns, per_column))
+    size = batch_size * per_column
+    inputs = torch.zeros(size, dtype=torch.long)
+    targets = torch.full((size,), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.full((size,), -1, dtype=torch.long)
+    words = torch.zeros(size, dtype=torch.float32)
+    n = stop - start
+    inputs[:n] = stream[start:stop]
+    targets[:n] = stream[start + 1 : stop + 1]
+    positions[:n] = torch.arange(start + 1, stop + 1)
+    words[:n] = 1.0 if word_weight is None else word_weight[start + 1 : stop + 1]
+    shape = (batch_size, per_column)
+    return StreamLayout(inputs.view(shape), targets.view(shape), words.view(shape), positions.view(shape))
 
 
 def bptt_windows(
@@ -84,19 +102,20 @@ def bptt_windows(
     return windows
 
 
-class WindowDataset(Dataset):
-    """Map-style dataset whose index is a (start, seq_len) window: returns (inputs, targets)."""
+class StreamDataset(Dataset):
+    """Map-style dataset whose index is a (start, seq_len) window: returns that `Window` of all columns."""
 
-    def __init__(self, batches: StreamBatches):
-        self.batches = batches
+    def __init__(self, layout: StreamLayout):
+        self.layout = layout
 
-    def __getitem__(self, window: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, window: tuple[int, int]) -> Window:
         start, seq_len = window
-        stop = start + seq_len
-        return self.batches.inputs[:, start:stop], self.batches.targets[:, start:stop]
+        cut = slice(start, start + seq_len)
+        lay = self.layout
+        return Window(lay.inputs[:, cut], lay.targets[:, cut], lay.words[:, cut], lay.positions[:, cut])
 
 
-class WindowSampler(Sampler):
+class BPTTSampler(Sampler):
     """Yields the windows of one epoch in stream order (state is carried, so never shuffled).
 
     Lightning calls `set_epoch`, so variable BPTT lengths depend on (seed, epoch) only: every
