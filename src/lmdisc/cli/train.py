@@ -9,7 +9,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmdisc.allocator import keep_freed_memory
@@ -23,6 +22,7 @@ from lmdisc.checkpoint import (
     load_lm_checkpoint,
     load_lm_weights,
 )
+from lmdisc.config import instantiate
 from lmdisc.data.tokenizers import same_tokenizer_or_refuse
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
@@ -37,7 +37,7 @@ from .common import (
     close_loggers,
     instantiate_callbacks,
     instantiate_loggers,
-    prepare_pretrained,
+    prepare_model_files,
     report_results,
     require_positive,
     require_positive_int,
@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ce_chunk_size") is not None:
         require_positive_int(cfg, "ce_chunk_size")
     output_dir = Path(cfg.paths.output_dir)
-    prepare_pretrained(cfg)
+    prepare_model_files(cfg)
     run_config = save_resolved_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, init_ckpt = build_datamodule(cfg)

@@ -8,7 +8,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +23,7 @@ from lmdisc.checkpoint import (
     load_lm_checkpoint,
     weights_sha256,
 )
+from lmdisc.config import instantiate
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 from lmdisc.losses.discriminator import NEGATIVES

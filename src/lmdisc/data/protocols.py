@@ -11,6 +11,8 @@ loop (`lmdisc.window_loop`) whether to carry the model's state across them.
 
 from __future__ import annotations
 
+import math
+
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -53,6 +55,10 @@ class StreamProtocol:
 
     def eval_batch_size(self, split: str, configured: int) -> int:
         return self.standard_batch_sizes.get(split, configured)
+
+    def longest_window(self, tokens: int, batch_size: int) -> int:
+        """The longest window a stream of `tokens` gives: a column is shorter than bptt on a short split."""
+        return min(self.bptt, math.ceil(max(tokens - 1, 1) / batch_size))
 
     def describe(self) -> str:
         return f"stream protocol (BPTT {self.bptt}, state carried; validation in 10 columns, test in 1)"
@@ -101,6 +107,9 @@ class BlockProtocol:
 
     def eval_batch_size(self, split: str, configured: int) -> int:
         return configured
+
+    def longest_window(self, tokens: int, batch_size: int) -> int:
+        return min(self.block_size, max(tokens - 1, 1))
 
     def describe(self) -> str:
         return f"blocks protocol (context {self.block_size}, evaluation stride {self.stride})"

@@ -187,6 +187,12 @@ class SubwordTokenizer(Tokenizer):
     def state(self) -> dict:
         return {"kind": self.kind, "json": self.json}
 
+    def save(self, path: Path) -> None:
+        """As a Hugging Face `tokenizer.json`, which other tools read too."""
+        from lmdisc.io import atomic_write_text
+
+        atomic_write_text(self.json, Path(path))
+
     def fingerprint(self) -> str:  # the kind is a label: the same JSON is the same tokenizer
         return hashlib.sha256(self.json.encode()).hexdigest()
 
@@ -271,8 +277,8 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
         raise LmdiscError(
             f"data.tokenizer_from={source} is neither an lmdisc checkpoint nor a tokenizer JSON file"
         ) from None
-    if isinstance(state, dict) and state.get("kind") == "word":
-        return WordTokenizer(state["words"])
+    if isinstance(state, dict) and ("words" in state or "json" in state):
+        return tokenizer_from_state(state)
     if isinstance(state, dict) and "model" in state:  # a Hugging Face tokenizer.json
         return SubwordTokenizer(text, kind="hf")
     raise LmdiscError(f"data.tokenizer_from={source}: not a tokenizer file this code knows")

