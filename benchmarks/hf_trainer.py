@@ -1,6 +1,7 @@
 """Training throughput of a transformers model: ours (model=hf, Lightning) vs the Hugging Face `Trainer`.
 
     python benchmarks/hf_trainer.py --model-dir DIR --steps 30 --repeats 5            # any HF directory
+    python benchmarks/hf_trainer.py --tiny-llama --steps 200 --repeats 5             # a 2-layer Llama built here
     python benchmarks/hf_trainer.py --model-dir .cache/lmdisc/pretrained/SmolLM2-135M-Instruct \\
         --batch-size 4 --block-size 256 --precision bf16-mixed --steps 12 --repeats 5
 
@@ -93,13 +94,36 @@ def hf_trainer(hf_model, rows: list[torch.Tensor], batch_size: int, steps: int, 
     return steps * batch_size * rows[0].numel() / seconds
 
 
+def build_tiny_llama(directory: str, data: str) -> str:
+    """A 2-layer, 128-wide Llama with a 4,096-token BPE of the corpus' training split, saved in `directory`."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from lmdisc.data.corpus import read_lines
+    from lmdisc.data.tokenizers import train_bpe
+
+    tokenizer = train_bpe(read_lines(os.path.join(data, "train.txt")), 4096)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend).save_pretrained(directory)
+    return directory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model-dir", required=True, help="a transformers directory (config, weights, tokenizer.json)"
-    )
+    parser.add_argument("--model-dir", help="a transformers directory (config, weights, tokenizer.json)")
+    parser.add_argument("--tiny-llama", action="store_true", help="build a tiny Llama here instead")
     parser.add_argument("--data", default=os.path.join(os.environ.get("LMDISC_DATA_DIR", "data"), "ptb"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=128)
@@ -109,6 +133,10 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     print(describe(torch.device("cpu")), flush=True)
+    if args.tiny_llama:
+        args.model_dir = build_tiny_llama(tempfile.mkdtemp(prefix="tiny-llama-"), args.data)
+    elif not args.model_dir:
+        parser.error("give --model-dir DIR or --tiny-llama")
     datamodule = LMDataModule(
         path=args.data,
         tokenizer="hf",
@@ -125,7 +153,7 @@ def main() -> None:
     rows = [w.inputs[0] for _, w in zip(range(args.steps * args.batch_size), blocks)]
     params = sum(p.numel() for p in template.parameters())
     print(
-        f"{args.model_dir}: {params / 1e6:.1f}M parameters, batch {args.batch_size} x {args.block_size}, "
+        f"{args.model_dir}: {params:,} parameters, batch {args.batch_size} x {args.block_size}, "
         f"{args.steps} steps, {args.precision}",
         flush=True,
     )

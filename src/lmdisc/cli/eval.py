@@ -93,18 +93,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     protocol = datamodule.bind_model(model)
     if cfg.get("score_file"):
         return score(cfg, model, datamodule, device, name)
-    batch = max(protocol.eval_batch_size(split, datamodule.eval_batch_size) for split in ("valid", "test"))
+    splits = list(cfg.get("splits") or ())
+    if not splits or set(splits) - {"valid", "test"}:
+        raise LmdiscError(f"splits must name valid and/or test, got {splits}")
     key = "data.bptt" if protocol.carries_state else "data.block_size"
-    check_logits_fit(
-        "evaluation",
-        batch,
-        protocol.window_length,
-        model.vocab_size,
-        device,
-        f"lower data.eval_batch_size or {key}",
-    )
+    for split in splits:
+        batch = protocol.eval_batch_size(split, datamodule.eval_batch_size)
+        length = protocol.longest_window(len(datamodule.load()[split]), batch)
+        hint = f"lower data.eval_batch_size or {key}"
+        check_logits_fit("evaluation", batch, length, model.vocab_size, device, hint)
     with autocast(device, cfg.get("precision", "32-true")):
-        results = evaluate_splits(model, datamodule, device)
+        results = evaluate_splits(model, datamodule, device, splits=splits)
     out = Path(cfg.get("metrics_file") or Path(cfg.paths.output_dir) / "metrics.json")
     metrics = {
         "checkpoint" if cfg.get("ckpt") else "model": name,
