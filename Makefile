@@ -47,6 +47,8 @@ format: install
 bench: install
 	$(PY) benchmarks/throughput.py --model lstm_small --steps 200
 	$(PY) benchmarks/throughput.py --model awd_lstm --steps 30
+	$(PY) benchmarks/throughput.py --model gpt --tokenizer bpe --vocab-size 8192 --batch-size 16 --block-size 256 --steps 40 --eval-windows 40
+	$(PY) benchmarks/hf_trainer.py --tiny-llama --steps 200
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache logs build src/*.egg-info

@@ -6,7 +6,8 @@
         --batch-size 4 --block-size 256 --precision bf16-mixed --steps 12 --repeats 5
 
 Same model (copies of one), same blocks of the same corpus (read with the model's tokenizer),
-same batch, length, precision, optimiser (AdamW, lr 1e-4, no weight decay, constant rate) and
+same batch, length, precision, optimiser (the same multi-tensor AdamW object type and settings, lr
+1e-4, no weight decay, constant rate, handed to the Trainer rather than its default fused one) and
 gradient clipping (0.25), one process, no evaluation, checkpointing or logging. Each run times the
 whole `fit()` / `train()` call, start-up included, and counts batch × length input tokens (the
 Trainer scores length − 1 targets per row: its labels are the inputs, shifted inside the model).
@@ -37,11 +38,16 @@ from lmdisc.modules import LanguageModel
 LR, CLIP = 1e-4, 0.25
 
 
+def adamw(params) -> torch.optim.AdamW:
+    """The one optimiser both sides use (conf/optim/adamw.yaml's multi-tensor AdamW, no weight decay)."""
+    return torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=True)
+
+
 def ours(model: HFCausalLM, datamodule, steps: int, precision: str) -> float:
     module = LanguageModel(
         model=model,
         loss=CompositeLoss({"ce": {"weight": 1.0, "loss": CrossEntropyLoss()}}),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.0),
+        optimizer=adamw,
         carry_state=False,
     )
     trainer = L.Trainer(
@@ -87,7 +93,11 @@ def hf_trainer(hf_model, rows: list[torch.Tensor], batch_size: int, steps: int, 
             dataloader_num_workers=0,
             seed=0,
         )
-        trainer = Trainer(model=hf_model, args=arguments, train_dataset=dataset)
+        optimizer = adamw(hf_model.parameters())
+        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trainer = Trainer(
+            model=hf_model, args=arguments, train_dataset=dataset, optimizers=(optimizer, constant)
+        )
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

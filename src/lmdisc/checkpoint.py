@@ -94,7 +94,7 @@ def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Mo
     state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("embedding.extra")]
+        missing = [k for k in missing if not k.endswith(".extra")]
         if missing or unexpected:
             raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except RuntimeError as err:
@@ -156,7 +156,10 @@ def check_discriminator_of(
     same tokenizer and these very weights (by fingerprint), since s estimates log p − log q_0."""
     from lmdisc.data.tokenizers import same_tokenizer_or_refuse
 
-    same_tokenizer_or_refuse(checkpoint_tokenizer(ckpt), tokenizer, f"discriminator {disc_name}", lm_name)
+    hint = f"train one with train_disc.py lm_ckpt={lm_name}"
+    same_tokenizer_or_refuse(
+        checkpoint_tokenizer(ckpt), tokenizer, f"discriminator {disc_name}", lm_name, hint
+    )
     trained_against = ckpt["lmdisc"]["lm"]
     if trained_against.get("sha256") != lm_sha256:
         raise LmdiscError(

@@ -1,12 +1,13 @@
-"""CUDA-only checks (skipped without a GPU): rkl_disc fine-tuning and train_disc.py on the GPU,
-in fp32 and bf16-mixed, a full (tiny) epoch each so the numbers must come out finite and sane."""
+"""CUDA-only checks (skipped without a GPU): rkl_disc fine-tuning (LSTM, GPT, a tiny transformers
+model) and train_disc.py on the GPU, in fp32 and bf16-mixed, a full (tiny) epoch each so the numbers
+must come out finite and sane."""
 
 import math
 
 import pytest
 import torch
 
-from helpers import compose_train, disc_overrides, rkl_overrides
+from helpers import compose_train, disc_overrides, gpt_overrides, hf_overrides, rkl_overrides
 from lmdisc.cli.train import train
 from lmdisc.cli.train_disc import train_discriminator
 
@@ -46,3 +47,27 @@ def test_train_disc_on_cuda_beats_the_zero_head(trained_run, tmp_path, precision
     ]
     metrics = train_discriminator(compose_train(tmp_path, overrides, "train_disc"))
     assert metrics["best_val_disc_bce"] < 2 * math.log(2)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("which", ["gpt", "hf"])
+def test_transformer_rkl_disc_fine_tuning_on_cuda(
+    gpt_run, hf_run, tiny_corpus, tiny_hf_models, tmp_path, which, precision
+):
+    run = gpt_run if which == "gpt" else hf_run
+    base = (
+        gpt_overrides(tiny_corpus) if which == "gpt" else hf_overrides(tiny_corpus, tiny_hf_models["llama"])
+    )
+    overrides = [
+        *base,
+        "loss=rkl_disc",
+        f"init_from={run['lm_ckpt']}",
+        f"loss.discriminator_ckpt={run['disc_ckpt']}",
+        "trainer.accelerator=gpu",
+        f"trainer.precision={precision}",
+        "trainer.max_epochs=1",
+        "optim.optimizer.lr=0.0003",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert math.isfinite(metrics["val/ppl"]) and math.isfinite(metrics["test/word_ppl"])
+    assert metrics["val/ppl"] < 1.1 * run["metrics"]["val/ppl"]

@@ -66,6 +66,38 @@ def test_transformer_training_reports_token_and_word_level_perplexity(gpt_run, h
     assert hf["lmdisc"]["hf_config"]["model_type"] == "llama"
 
 
+def test_a_tiny_gpt2_trains_through_model_hf(tiny_hf_models, tiny_corpus, tmp_path):
+    overrides = [*hf_overrides(tiny_corpus, tiny_hf_models["gpt2"]), "trainer.max_epochs=1", "logger=none"]
+    metrics = train(compose_train(tmp_path, overrides))
+    untrained = evaluate(
+        compose_train(
+            tmp_path / "zero",
+            [
+                "model=hf",
+                f"model.name_or_path={tiny_hf_models['gpt2']}",
+                "data=text",
+                f"data.path={tiny_corpus}",
+                "data.block_size=32",
+            ],
+            "eval",
+        )
+    )
+    assert metrics["test/ppl"] < 0.8 * untrained["test/ppl"]  # one epoch learned something
+
+
+def test_rare_word_comparison_works_per_word_for_a_subword_model(gpt_run):
+    from lmdisc.analysis.compare import bucket_table, compare_checkpoints, word_table
+
+    cmp = compare_checkpoints(gpt_run["lm_ckpt"], gpt_run["lm_ckpt"], "test")
+    metrics = gpt_run["metrics"]
+    # every word but the first (whose first token has no context) is scored whole
+    assert cmp.tokens == pytest.approx(metrics["test/words"], abs=1)
+    assert cmp.ppl("before") == pytest.approx(metrics["test/word_ppl"], rel=0.01)
+    assert sum(b["tokens"] for b in bucket_table(cmp)) == cmp.tokens
+    words = word_table(cmp, min_count=5)
+    assert words and {"the", "<eol>"} <= {w["word"] for w in words} and all(w["change"] == 0 for w in words)
+
+
 def test_the_lstm_word_level_perplexity_is_its_token_perplexity(trained_run):
     _, metrics = trained_run
     for split in ("val", "test"):
@@ -114,6 +146,20 @@ def test_zero_shot_evaluation_of_a_pretrained_directory(tiny_hf_models, tiny_cor
         compose_train(tmp_path / "bf16", [*overrides, "data.block_size=64", "precision=bf16-mixed"], "eval")
     )
     assert bf16["test/ppl"] == pytest.approx(metrics["test/ppl"], rel=0.02)
+
+
+def test_a_pretrained_directory_scores_a_file_without_a_corpus(tiny_hf_models, tiny_corpus, tmp_path):
+    model = ["model=hf", f"model.name_or_path={tiny_hf_models['gpt2']}"]
+    out = tmp_path / "scores.jsonl"
+    text = tiny_corpus / "test.txt"
+    summary = evaluate(
+        compose_train(tmp_path / "s", [*model, f"score_file={text}", f"score_out={out}"], "eval")
+    )
+    assert out.is_file() and summary["tokens_scored"] > 0
+    # its window defaults to the model's context (64 here), as a zero-shot evaluation with that block
+    corpus = ["data=text", f"data.path={tiny_corpus}", "data.block_size=64", "splits=[test]"]
+    metrics = evaluate(compose_train(tmp_path / "e", [*model, *corpus], "eval"))
+    assert summary["ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5)
 
 
 def test_a_discriminator_on_transformer_features(gpt_run, tmp_path):

@@ -104,3 +104,22 @@ def test_a_bad_stride_is_refused(stride):
 def test_a_block_longer_than_the_training_text_is_refused():
     with pytest.raises(LmdiscError, match="longer than the training text"):
         BlockProtocol(64).loader(_split(40), 2, train=True)
+
+
+def test_stride_equal_to_the_context_is_the_loss_of_disjoint_blocks():
+    from lmdisc.models import GPT
+
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16).eval()
+    split = _split(41)
+    result = evaluate_windows(model, BlockProtocol(8, 8).loader(split, 3), carry_state=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, 40, 8):
+            inputs = split.ids[begin : begin + 8]
+            targets = split.ids[begin + 1 : begin + 9]
+            logits = model(inputs[None])[0][0, : len(targets)]
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += len(targets)
+    assert result["tokens"] == count == 40
+    assert result["loss"] == pytest.approx(total / count, rel=1e-6)

@@ -89,7 +89,8 @@ def compare_checkpoints(
         raise LmdiscError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     ckpt_before, ckpt_after = load_checkpoint(before), load_checkpoint(after)
     tokenizer = checkpoint_tokenizer(ckpt_before)
-    same_tokenizer_or_refuse(tokenizer, checkpoint_tokenizer(ckpt_after), str(before), str(after))
+    hint = "only checkpoints of one tokenizer can be compared word by word"
+    same_tokenizer_or_refuse(tokenizer, checkpoint_tokenizer(ckpt_after), str(before), str(after), hint)
     data_cfg = dict(ckpt_before["lmdisc"].get("config", {}).get("data") or {})
     if data_dir is not None:
         data_cfg = {**data_cfg, "_target_": "lmdisc.data.LMDataModule", "path": str(data_dir)}

@@ -105,5 +105,7 @@ def plot_buckets(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
     ax_ppl.set_ylabel("bucket perplexity (per word)")
     ax_share.set_xlabel("training-set count of the word")
     ax_share.set_ylabel("share of evaluation words")
+    for ax in (ax_ppl, ax_share):
+        ax.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title)
     return save_figure(fig, [ax_ppl, ax_share], path)

@@ -79,10 +79,6 @@ def checkpoint_meta(model, tokenizer, run_config: dict) -> dict:
     return meta
 
 
-def trainer_device(trainer) -> torch.device:
-    return trainer.strategy.root_device
-
-
 def check_window_memory(cfg: DictConfig, datamodule, model, chunk: int) -> None:
     """Refuse training or evaluation windows whose logits cannot fit (`lmdisc.memory`)."""
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator") or "auto")

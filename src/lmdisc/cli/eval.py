@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 from lmdisc.allocator import keep_freed_memory
 from lmdisc.checkpoint import build_model, datamodule_for_checkpoint, load_lm_checkpoint
 from lmdisc.config import instantiate
+from lmdisc.data.protocols import BlockProtocol
+from lmdisc.data.tokenizers import load_tokenizer
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
@@ -70,12 +72,31 @@ def load_model_and_data(cfg: DictConfig):
     return model, datamodule, str(cfg.model.get("name_or_path") or cfg.model._target_)
 
 
-def score(cfg: DictConfig, model, datamodule, device, name: str) -> dict[str, Any]:
+def scoring_setup(cfg: DictConfig):
+    """(model, tokenizer, protocol) for `score_file`: those of the evaluation, or, for a pretrained
+    model given without a corpus, its own tokenizer and a sliding window of `data.block_size`
+    (default: the model's context, at most 1024) moved by `data.eval_stride`."""
+    if cfg.get("ckpt") or (cfg.get("data") is not None and cfg.data.get("_target_") is not None):
+        model, datamodule, _ = load_model_and_data(cfg)
+        return model, datamodule.tokenizer, datamodule.bind_model(model)
+    if cfg.get("model") is None:
+        raise LmdiscError("score_file needs ckpt=PATH or a pretrained model=... (e.g. model=smollm2_135m)")
+    prepare_model_files(cfg)
+    tokenizer = load_tokenizer(cfg.data.tokenizer_from)
+    model = build_lm(cfg.model, tokenizer)
+    block = cfg.data.get("block_size") or min(model.max_positions or 1024, 1024)
+    return model, tokenizer, BlockProtocol(block, cfg.data.get("eval_stride"))
+
+
+def score(cfg: DictConfig) -> dict[str, Any]:
     """`score_file=FILE`: per-word surprisal/entropy and per-line perplexity of any text."""
+    model, tokenizer, protocol = scoring_setup(cfg)
+    device = resolve_device(cfg.get("device", "auto"))
+    model = model.to(device).eval()
     source = Path(cfg.score_file)
     out = Path(cfg.get("score_out") or Path(cfg.paths.output_dir) / f"{source.stem}.scores.jsonl")
     with autocast(device, cfg.get("precision", "32-true")):
-        scored = score_file(model, datamodule.tokenizer, source, out, datamodule.protocol, device)
+        scored = score_file(model, tokenizer, source, out, protocol, device)
     summary = scored.summary
     print(
         f"{source}: {summary['tokens_scored']:,} tokens scored, {summary['unknown_words']:,} unknown words -> <unk>, "
@@ -87,12 +108,12 @@ def score(cfg: DictConfig, model, datamodule, device, name: str) -> dict[str, An
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("score_file"):
+        return score(cfg)
     model, datamodule, name = load_model_and_data(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     model = model.to(device).eval()
     protocol = datamodule.bind_model(model)
-    if cfg.get("score_file"):
-        return score(cfg, model, datamodule, device, name)
     splits = list(cfg.get("splits") or ())
     if not splits or set(splits) - {"valid", "test"}:
         raise LmdiscError(f"splits must name valid and/or test, got {splits}")

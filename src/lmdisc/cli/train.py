@@ -43,7 +43,6 @@ from .common import (
     require_positive_int,
     run_main,
     save_resolved_config,
-    trainer_device,
 )
 
 COUNT_KEYS = (
@@ -146,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_file = _best_checkpoint(trainer)
         if ckpt_file:
             model = build_model(load_checkpoint(ckpt_file))
-            device = trainer_device(trainer)  # Lightning moves the module to the CPU after fit
+            device = trainer.strategy.root_device  # Lightning moves the module to the CPU after fit
             results = evaluate_splits(model.to(device), datamodule, device)
             flat = report_results(results, f"{datamodule.protocol.describe()}: {ckpt_file}", output_dir)
             metrics.update({"checkpoint": str(ckpt_file), **flat})

@@ -284,7 +284,12 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     raise LmdiscError(f"data.tokenizer_from={source}: not a tokenizer file this code knows")
 
 
-def same_tokenizer_or_refuse(ours: Tokenizer, theirs: Tokenizer, ours_name: str, theirs_name: str) -> None:
+DEFAULT_HINT = "pass data.tokenizer_from=<the checkpoint> to read the text with the checkpoint's tokenizer"
+
+
+def same_tokenizer_or_refuse(
+    ours: Tokenizer, theirs: Tokenizer, ours_name: str, theirs_name: str, hint: str = DEFAULT_HINT
+) -> None:
     """Refuse two tokenizers that differ in content, naming both: the same id would mean different text."""
     if ours.fingerprint() == theirs.fingerprint():
         return
@@ -292,9 +297,8 @@ def same_tokenizer_or_refuse(ours: Tokenizer, theirs: Tokenizer, ours_name: str,
     if isinstance(ours, WordTokenizer) and isinstance(theirs, WordTokenizer):
         detail = f" ({word_list_difference(ours.words, theirs.words, ours_name, theirs_name)})"
     raise LmdiscError(
-        f"{ours_name} has another tokenizer than {theirs_name}: {ours.describe()} vs "
-        f"{theirs.describe()}{detail}; pass data.tokenizer_from=<the checkpoint> to read the text with "
-        "the checkpoint's tokenizer"
+        f"{ours_name} has another tokenizer than {theirs_name}: {ours.describe()} vs {theirs.describe()}{detail}; "
+        f"{hint}"
     )
 
 

@@ -117,6 +117,7 @@ class HFCausalLM(LanguageModelBase):
                     "model=hf needs model.name_or_path (a local directory or, with downloads, a hub id)"
                 )
             self.hf = load_pretrained(name_or_path, allow_download)
+        self.hf.train()  # from_pretrained returns it in eval mode; a new module trains (dropout on)
         config = self.hf.config
         if input_only_tokens:
             raise LmdiscError("a pretrained model reads its own tokenizer's ids: use data.tokenizer=hf")

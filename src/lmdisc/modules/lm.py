@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lmdisc.data.window import Window
@@ -55,10 +56,15 @@ class LanguageModel(L.LightningModule):
         self.checkpoint_meta = checkpoint_meta or {}
         carry = model.carries_state if carry_state is None else carry_state
         self.readers = {stage: Reader(model, carry) for stage in ("train", *EVAL_STAGES)}
-        chunk = ce_chunk_size or 0
-        self.chunk_size = chunk if chunk and not getattr(loss, "needs_logits", True) else 0
-        if self.chunk_size and model.output_layer() is None:
-            self.chunk_size = 0  # the output is not a plain linear map: logits it is
+        self.chunk_size = ce_chunk_size or 0
+        if self.chunk_size and (getattr(loss, "needs_logits", True) or model.output_layer() is None):
+            why = (
+                "this loss needs the logits"
+                if getattr(loss, "needs_logits", True)
+                else "the output is not linear"
+            )
+            rank_zero_info(f"ce_chunk_size={self.chunk_size} is not used: {why} (all logits at once)")
+            self.chunk_size = 0
         self.train_nll = TokenNLL()
         self.eval_metrics = nn.ModuleDict({stage: SplitMetrics() for stage in EVAL_STAGES})
         self._window_len = bptt
@@ -82,7 +88,8 @@ class LanguageModel(L.LightningModule):
         self.tokens_seen += inputs.numel()
         reader = self.readers["train"]
         first_window = reader.first_window
-        ctx = BatchContext(inputs=inputs, first_window=first_window, diagnostics=self._logs_kept())
+        logged = self._logs_kept()
+        ctx = BatchContext(inputs=inputs, first_window=first_window, diagnostics=logged)
         if self.chunk_size:
             features, ctx.extras = reader(inputs, self.model.features)
             ctx.features, ctx.output_layer, ctx.chunk_size = (
@@ -101,8 +108,9 @@ class LanguageModel(L.LightningModule):
             loss = loss + penalty
             out.logs["regularization"] = penalty.detach()
         self.train_nll.update(ctx.token_nll(logits, targets), targets, batch.words)
-        self.log("train/objective", loss.detach(), prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+        if logged:  # self.log costs as much as a small model's step: only where Lightning writes it
+            self.log("train/objective", loss.detach(), prog_bar=True)
+            self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return loss
 
     def _logs_kept(self) -> bool:
