@@ -169,13 +169,18 @@ def check_discriminator_of(
         )
 
 
-def datamodule_for_checkpoint(data_cfg, ckpt: dict[str, Any], name: str, **overrides):
+def datamodule_for_checkpoint(
+    data_cfg, ckpt: dict[str, Any], name: str, own_config: bool = False, same_text: bool = True, **overrides
+):
     """The corpus of `data_cfg` read with the checkpoint's tokenizer, or a clear refusal.
 
-    A subword checkpoint reads any text with its own tokenizer unless the data config asks for a
+    With the checkpoint's own data config (`own_config`) its stored tokenizer reads the text. Else
+    a subword checkpoint reads any text with its own tokenizer unless the data config asks for a
     specific one (`data.tokenizer=bpe|hf` or `data.tokenizer_from`), which must then be the same;
     a word checkpoint needs the corpus' own word list to be its list (otherwise words it never saw
     would silently become `<unk>`), unless `data.tokenizer_from` says to read the text with it.
+    With `same_text` (evaluating, not fine-tuning elsewhere), text detokenised for training must be
+    detokenised now too, and vice versa.
     """
     from omegaconf import OmegaConf
 
@@ -185,11 +190,15 @@ def datamodule_for_checkpoint(data_cfg, ckpt: dict[str, Any], name: str, **overr
     tokenizer = checkpoint_tokenizer(ckpt)
     # resolved where it was composed: its ${seed} and ${paths...} point outside the data node
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
-    if (
-        isinstance(tokenizer, SubwordTokenizer)
-        and cfg.get("tokenizer", "word") == "word"
-        and not cfg.get("tokenizer_from")
-    ):
+    trained = bool(((ckpt["lmdisc"].get("config") or {}).get("data") or {}).get("detokenize", False))
+    if same_text and bool(cfg.get("detokenize", False)) != trained:
+        kind = "detokenised" if trained else "tokenised (as distributed)"
+        raise LmdiscError(
+            f"{name} was trained on {kind} text, and data.detokenize={not trained} would read other text: "
+            f"pass data.detokenize={str(trained).lower()}"
+        )
+    subword_default = isinstance(tokenizer, SubwordTokenizer) and cfg.get("tokenizer", "word") == "word"
+    if own_config or (subword_default and not cfg.get("tokenizer_from")):
         return instantiate(cfg, tokenizer_object=tokenizer, **overrides)
     datamodule = instantiate(cfg, **overrides)
     same_tokenizer_or_refuse(tokenizer, datamodule.tokenizer, name, "the corpus")

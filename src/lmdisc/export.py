@@ -10,7 +10,7 @@ Recurrent models have no transformers architecture and are refused.
 
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 from pathlib import Path
 
@@ -88,8 +88,22 @@ def hf_tokenizer(tokenizer: Tokenizer):
     raise LmdiscError(f"cannot export a {tokenizer.kind} tokenizer")
 
 
+MARKER = "lmdisc_export.json"
+
+
+def check_destination(out: Path) -> None:
+    """`out` may be new, empty, or an earlier export of ours (replaced); anything else is the user's."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file()):
+        raise LmdiscError(
+            f"out={out} exists and is not an earlier export (no {MARKER}); nothing was written: choose "
+            "a new or empty directory"
+        )
+
+
 def export_checkpoint(ckpt: dict, out: Path) -> dict:
     """Write `out` (a Hugging Face directory) from a checkpoint; returns the largest logit difference."""
+    out = Path(out).expanduser()
+    check_destination(out)
     model = build_model(ckpt).eval()
     tokenizer = checkpoint_tokenizer(ckpt)
     if isinstance(model, GPT):
@@ -101,17 +115,20 @@ def export_checkpoint(ckpt: dict, out: Path) -> dict:
             f"{type(model).__name__} has no transformers architecture to export to: export covers "
             "model=gpt (as GPT-2) and model=hf"
         )
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         staged = Path(work) / "export"
         hf.save_pretrained(staged)
         hf_tokenizer(tokenizer).save_pretrained(staged)
         difference = check_export(model, staged)
-        if out.exists():
-            shutil.rmtree(out)
+        result = {"architecture": type(hf).__name__, "max_abs_logit_difference": difference}
+        (staged / MARKER).write_text(json.dumps(result, indent=2) + "\n")
+        if (
+            out.exists()
+        ):  # empty, or an earlier export (checked above): moved into the work dir, deleted with it
+            out.rename(Path(work) / "replaced")
         staged.rename(out)
-    return {"out": str(out), "architecture": type(hf).__name__, "max_abs_logit_difference": difference}
+    return {"out": str(out), **result}
 
 
 @torch.no_grad()

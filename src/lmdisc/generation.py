@@ -15,14 +15,9 @@ from lmdisc.window_loop import Reader
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """The prompt's tokens without the end of line that encoding a line adds (an empty prompt is
-    just that end of line: the model starts a new line)."""
-    encoded = tokenizer.encode_lines([prompt])
-    ids, ends = encoded.ids.tolist(), encoded.word_end.tolist()
-    if not prompt.strip():
-        return ids
-    last_word_end = max(i for i, end in enumerate(ends[:-1]) if end)
-    return ids[: last_word_end + 1]
+    """The prompt's tokens, with no end of line after them (an empty prompt is an end of line: the
+    model starts a new line)."""
+    return tokenizer.encode_text(prompt)
 
 
 def choose_next(

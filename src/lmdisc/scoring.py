@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmdisc.data.corpus import TokenizedSplit, read_lines
+from lmdisc.data.corpus import TokenizedSplit, count_words, read_lines
 from lmdisc.data.tokenizers import EOS, WordTokenizer
 from lmdisc.data.window import Window
 from lmdisc.evaluation import evaluate_windows
@@ -32,7 +32,7 @@ LN2 = math.log(2)
 
 @dataclass
 class ScoredText:
-    tokens: list[dict]  # one row per word (the name is kept for the output files)
+    rows: list[dict]  # one per word
     lines: list[dict]
     summary: dict
 
@@ -56,7 +56,9 @@ def score_lines(model: torch.nn.Module, tokenizer, lines: list[str], protocol, d
     """Surprisal (bits) and predictive entropy (bits) of every word, by `protocol` (the data's)."""
     encoded = tokenizer.encode_lines(lines, "the scored text")
     ids = encoded.ids
-    split = TokenizedSplit(ids, encoded.word_end.float(), torch.zeros_like(ids), encoded.unknown)
+    # each word end worth original words / word ends, as in a corpus (a merged end of line, say)
+    weight = encoded.word_end.float() * (count_words(lines) / max(float(encoded.word_end.sum()), 1.0))
+    split = TokenizedSplit(ids, weight, torch.zeros_like(ids), encoded.unknown)
     nll, entropy, observe = _collector(ids.numel())
     loader = protocol.loader(split, protocol.eval_batch_size("test", 1))
     result = evaluate_windows(model, loader, device, protocol.carries_state, [observe])
@@ -116,12 +118,12 @@ def write_scores(scored: ScoredText, path: Path, fmt: str | None = None) -> list
     fmt = fmt or ("csv" if path.suffix == ".csv" else "jsonl")
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(scored.tokens[0]))
+        writer = csv.DictWriter(buffer, fieldnames=list(scored.rows[0]))
         writer.writeheader()
-        writer.writerows(scored.tokens)
+        writer.writerows(scored.rows)
         atomic_write_text(buffer.getvalue(), path)
     elif fmt == "jsonl":
-        atomic_write_text("".join(json.dumps(row) + "\n" for row in scored.tokens), path)
+        atomic_write_text("".join(json.dumps(row) + "\n" for row in scored.rows), path)
     else:
         raise ValueError(f"score format must be jsonl or csv, got {fmt!r}")
     lines_path = path.with_name(path.stem + ".lines.jsonl")

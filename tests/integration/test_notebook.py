@@ -37,11 +37,11 @@ def test_a_checkpoint_compared_with_itself_changes_nothing(trained_run):
     run_dir, metrics = trained_run
     best = run_dir / "checkpoints" / "best.ckpt"
     cmp = compare_checkpoints(best, best, "test")
-    assert cmp.tokens == metrics["test/tokens"]
+    assert cmp.words_scored == metrics["test/tokens"]
     assert torch.equal(cmp.before, cmp.after)
     assert cmp.ppl("before") == pytest.approx(metrics["test/ppl"], rel=1e-6)
     buckets = bucket_table(cmp)
-    assert sum(b["tokens"] for b in buckets) == cmp.tokens
+    assert sum(b["tokens"] for b in buckets) == cmp.words_scored
     assert all(b["change"] == 0 for b in buckets if b["tokens"])
     # the same buckets, and the same numbers, as training's standard-protocol table
     for ours, theirs in zip(buckets, metrics["buckets"]["test"], strict=True):
@@ -49,7 +49,7 @@ def test_a_checkpoint_compared_with_itself_changes_nothing(trained_run):
         assert ours["logprob_before"] == pytest.approx(theirs["mean_logprob"], rel=1e-9, nan_ok=True)
     words = word_table(cmp, min_count=3)
     assert words and all(w["change"] == 0 and w["occurrences"] >= 3 for w in words)
-    assert sum(w["occurrences"] for w in word_table(cmp, min_count=1)) == cmp.tokens
+    assert sum(w["occurrences"] for w in word_table(cmp, min_count=1)) == cmp.words_scored
 
 
 def test_word_table_is_sorted_and_filtered(trained_run, fine_tuned):
@@ -124,7 +124,7 @@ def test_rare_words_notebook_runs(trained_run, fine_tuned, tmp_path, monkeypatch
 
     buckets = _table(cells["buckets"])
     assert sum(int(b["tokens"]) for b in buckets) == metrics["test/tokens"]
-    assert f"test: {metrics['test/tokens']} tokens scored" in cells["score"].outputs[0]["text"]
+    assert f"test: {metrics['test/tokens']} words scored" in cells["score"].outputs[0]["text"]
     assert any("image/png" in o.get("data", {}) for o in cells["buckets"].outputs), "no bucket plot"
 
     gainers, losers = _table(cells["gainers"]), _table(cells["losers"])

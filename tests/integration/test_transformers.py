@@ -91,9 +91,9 @@ def test_rare_word_comparison_works_per_word_for_a_subword_model(gpt_run):
     cmp = compare_checkpoints(gpt_run["lm_ckpt"], gpt_run["lm_ckpt"], "test")
     metrics = gpt_run["metrics"]
     # every word but the first (whose first token has no context) is scored whole
-    assert cmp.tokens == pytest.approx(metrics["test/words"], abs=1)
+    assert cmp.words_scored == pytest.approx(metrics["test/words"], abs=1)
     assert cmp.ppl("before") == pytest.approx(metrics["test/word_ppl"], rel=0.01)
-    assert sum(b["tokens"] for b in bucket_table(cmp)) == cmp.tokens
+    assert sum(b["tokens"] for b in bucket_table(cmp)) == cmp.words_scored
     words = word_table(cmp, min_count=5)
     assert words and {"the", "<eol>"} <= {w["word"] for w in words} and all(w["change"] == 0 for w in words)
 
@@ -290,3 +290,66 @@ def test_a_checkpoint_with_another_tokenizer_is_refused_for_evaluation(gpt_run, 
         LmdiscError, match=r"has another tokenizer than the corpus: word tokenizer .* vs bpe tokenizer"
     ):
         evaluate(compose_train(tmp_path, overrides, "eval"))
+
+
+def test_export_never_overwrites_a_directory_it_did_not_write(gpt_run, tmp_path):
+    ckpt = f"ckpt={gpt_run['lm_ckpt']}"
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(LmdiscError, match="is not an earlier export"):
+        export(compose_train(tmp_path, [ckpt, f"out={foreign}"], "export"))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "exported"
+    export(compose_train(tmp_path, [ckpt, f"out={out}"], "export"))
+    export(compose_train(tmp_path, [ckpt, f"out={out}"], "export"))  # an earlier export is replaced
+    assert (out / "config.json").is_file() and not list(tmp_path.glob(".exported.*"))
+
+
+def test_models_trained_here_need_their_checkpoint_and_hf_needs_a_path(tiny_corpus, tmp_path):
+    with pytest.raises(LmdiscError, match="a model trained here has no weights without its checkpoint"):
+        evaluate(compose_train(tmp_path, ["model=gpt", "data=text", f"data.path={tiny_corpus}"], "eval"))
+    with pytest.raises(LmdiscError, match=r"generate.py needs ckpt=PATH, or a pretrained model"):
+        sample(compose_train(tmp_path, ["model=gpt", "prompt=the"], "generate"))
+    with pytest.raises(LmdiscError, match=r"model=hf needs model.name_or_path"):
+        evaluate(compose_train(tmp_path, ["model=hf", "data=text", f"data.path={tiny_corpus}"], "eval"))
+
+
+def test_a_pretrained_tokenizer_is_refused_for_a_model_trained_here(tiny_hf_models, tiny_corpus, tmp_path):
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "data.tokenizer=hf",
+        f"data.tokenizer_from={tiny_hf_models['llama']}",
+    ]
+    with pytest.raises(LmdiscError, match=r"data.tokenizer=hf is a pretrained model's own tokenizer"):
+        train(compose_train(tmp_path, overrides))
+
+
+def test_detokenised_training_text_is_not_evaluated_on_tokenised_text(gpt_run, tiny_corpus, tmp_path):
+    overrides = [*gpt_overrides(tiny_corpus), "data.detokenize=true", "trainer.max_epochs=1", "logger=none"]
+    train(compose_train(tmp_path / "lm", overrides))
+    ckpt = tmp_path / "lm" / "run" / "checkpoints" / "best.ckpt"
+    data = ["data=text", f"data.path={tiny_corpus}", "data.block_size=32"]
+    with pytest.raises(LmdiscError, match=r"trained on detokenised text.*pass data.detokenize=true"):
+        evaluate(compose_train(tmp_path / "e", [f"ckpt={ckpt}", *data], "eval"))
+    metrics = evaluate(compose_train(tmp_path / "f", [f"ckpt={ckpt}", *data, "data.detokenize=true"], "eval"))
+    assert metrics["detokenize"] is True
+
+
+def test_scoring_a_checkpoint_reads_no_corpus(gpt_run, tiny_corpus, tmp_path):
+    # the checkpoint's corpus is nowhere to be found: scoring a file needs only the checkpoint
+    absent = ["data=text", f"data.path={tmp_path / 'nowhere'}", "data.block_size=32"]
+    out = tmp_path / "s.jsonl"
+    summary = evaluate(
+        compose_train(
+            tmp_path,
+            [
+                f"ckpt={gpt_run['lm_ckpt']}",
+                *absent,
+                f"score_file={tiny_corpus / 'test.txt'}",
+                f"score_out={out}",
+            ],
+            "eval",
+        )
+    )
+    assert summary["ppl"] == pytest.approx(gpt_run["metrics"]["test/ppl"], rel=1e-5)

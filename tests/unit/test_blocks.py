@@ -67,9 +67,14 @@ def test_uniform_model_gives_perplexity_v_and_word_level_on_a_hand_made_text():
 def test_training_blocks_start_at_an_epoch_offset_and_ranks_share_them_out():
     split = _split(1000)
     protocol = BlockProtocol(block_size=32, seed=3)
-    offsets = {epoch_offset(3, epoch, 32) for epoch in range(8)}
+    offsets = {epoch_offset(3, epoch, 32, 1000) for epoch in range(8)}
     assert len(offsets) > 1 and all(0 <= o < 32 for o in offsets)
-    blocks = TrainingBlocks(split.ids, split.word_weight, 32, epoch_offset(3, 0, 32))
+    # a stream barely longer than a block still gives one block whatever the epoch
+    assert all(
+        len(TrainingBlocks(split.ids[:40], split.word_weight[:40], 32, epoch_offset(3, e, 32, 40))) == 1
+        for e in range(20)
+    )
+    blocks = TrainingBlocks(split.ids, split.word_weight, 32, epoch_offset(3, 0, 32, 1000))
     assert all(torch.equal(blocks[k].targets[:-1], blocks[k].inputs[1:]) for k in range(len(blocks)))
     ranks = [list(protocol.loader(split, 4, train=True, rank=r, world=2)) for r in range(2)]
     firsts = [

@@ -31,13 +31,16 @@ def _corpus(directory, train=TRAIN):
     return directory
 
 
-def test_each_token_belongs_to_the_word_at_or_after_its_start():
+def test_each_token_belongs_to_its_last_word_character_or_the_word_after_it():
     text = " ab cd\n e\n"
     # tokens: " a" | "b" | " " | "cd" | "\n" | " e" | "\n"
     starts = np.array([0, 2, 3, 4, 6, 7, 9])
-    token_word, words = words_of_tokens(text, starts)
+    token_word, words = words_of_tokens(text, starts, np.append(starts[1:], len(text)))
     assert words == ["ab", "cd", "\n", "e", "\n"]
     assert token_word.tolist() == [0, 0, 1, 1, 2, 3, 4]
+    # a token merging punctuation with the newline (Llama-3 style) ends the line
+    token_word, words = words_of_tokens("Hi.\n", np.array([0, 2]), np.array([2, 4]))
+    assert words == ["Hi.", "\n"] and token_word.tolist() == [0, 1]
 
 
 def test_word_tokenizer_reserves_an_input_only_blank_and_round_trips_its_state():
@@ -140,3 +143,20 @@ def test_word_counts_per_token_come_from_the_training_split(tmp_path):
     first_word = corpus.tokenizer.word_text(encoded.ids[: ends[0] + 1].tolist())
     assert first_word == "the" and int(counts[ends[0]]) == train_counts["the"]
     assert torch.equal(corpus["valid"].ids, encoded.ids)
+
+
+def test_subword_tokenizers_compare_by_content_not_formatting():
+    bpe = train_bpe(TRAIN, 300)
+    reformatted = json.dumps(json.loads(bpe.json), indent=2)
+    assert SubwordTokenizer(reformatted, "bpe").fingerprint() == bpe.fingerprint()
+    with pytest.raises(LmdiscError, match="not a valid tokenizer JSON"):
+        SubwordTokenizer('{"model": {"type": "nonsense"}}')
+
+
+def test_a_prompt_is_encoded_without_an_end_of_line():
+    bpe = train_bpe(TRAIN, 300)
+    assert bpe.decode(bpe.encode_text("the cat.")) == "the cat."
+    assert bpe.decode(bpe.encode_text("")) == "\n"
+    word = WordTokenizer.from_lines([*TRAIN, " <unk> "])
+    assert word.encode_text("the zebra") == [word.index["the"], word.unk_id]
+    assert word.encode_text("  ") == [word.eos_id]

@@ -37,7 +37,7 @@ class Comparison:
     train: TokenizedSplit  # the training split (the bucket edges come from it)
 
     @property
-    def tokens(self) -> int:
+    def words_scored(self) -> int:
         return len(self.words)
 
     def ppl(self, which: str) -> float:
@@ -53,8 +53,7 @@ def _token_nll(model: torch.nn.Module, datamodule, split: str, device) -> torch.
         scored = window.scored
         nll[window.positions[scored].cpu()] = token_nll[scored].double().cpu()
 
-    if datamodule.protocol is None:
-        datamodule.bind_model(model)
+    datamodule.bind_model(model)  # each model reads by its own protocol (an LSTM and a GPT may share words)
     loader = datamodule.split_loader(split)
     evaluate_windows(model, loader, device, datamodule.protocol.carries_state, [observe])
     return nll
@@ -97,7 +96,8 @@ def compare_checkpoints(
         data_cfg.update(source=None, download=False)
     elif not data_cfg:
         raise LmdiscError(f"{before} records no data config; pass data_dir=<corpus folder>")
-    datamodule = datamodule_for_checkpoint(data_cfg, ckpt_before, f"checkpoint {before}")
+    own = data_dir is None
+    datamodule = datamodule_for_checkpoint(data_cfg, ckpt_before, f"checkpoint {before}", own_config=own)
     corpus = datamodule.load()
     scored = [
         _per_word(corpus[split], _token_nll(build_model(c).to(device), datamodule, split, device))

@@ -48,14 +48,40 @@ def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None
         sys.exit(2)
 
 
+def is_pretrained(cfg: DictConfig) -> bool:
+    """Whether `model=` names a pretrained model (one with a `name_or_path`: hf, smollm2_135m)."""
+    model = cfg.get("model")
+    return model is not None and "name_or_path" in list(model.keys())
+
+
+def pretrained_model(cfg: DictConfig, entry: str):
+    """(model, tokenizer) of a pretrained `model=` with no checkpoint of ours; a model trained here
+    has no weights without one, and is refused rather than used at random initialisation."""
+    if not is_pretrained(cfg):
+        raise LmdiscError(
+            f"{entry} needs ckpt=PATH, or a pretrained model (model=smollm2_135m, or model=hf "
+            "model.name_or_path=DIR): a model trained here has no weights without its checkpoint"
+        )
+    prepare_model_files(cfg)
+    from lmdisc.data.tokenizers import load_tokenizer
+    from lmdisc.models.build import build_lm
+
+    tokenizer = load_tokenizer(cfg.data.tokenizer_from)
+    return build_lm(cfg.model, tokenizer), tokenizer
+
+
 def prepare_model_files(cfg: DictConfig) -> None:
     """Make a pretrained `model=` readable before anything reads it (the data module reads its
     tokenizer from the model's directory): convert one we can have offline (`model.pretrained`,
     e.g. smollm2_135m), refuse a directory without a model or a hub id while offline, and fetch a
     hub id (`model.allow_download=true`) into the Hugging Face cache, pointing name_or_path there."""
-    model = cfg.get("model")
-    if model is None or "name_or_path" not in model:
+    if not is_pretrained(cfg):
         return
+    model = cfg.model
+    if OmegaConf.is_missing(model, "name_or_path"):
+        raise LmdiscError(
+            "model=hf needs model.name_or_path=DIR (or a hub id with model.allow_download=true)"
+        )
     allow = bool(model.get("allow_download", False))
     if model.get("pretrained"):
         from lmdisc.models.pretrained import ensure_pretrained

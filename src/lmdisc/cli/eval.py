@@ -10,13 +10,12 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmdisc.allocator import keep_freed_memory
-from lmdisc.checkpoint import build_model, datamodule_for_checkpoint, load_lm_checkpoint
+from lmdisc.checkpoint import build_model, checkpoint_tokenizer, datamodule_for_checkpoint, load_lm_checkpoint
 from lmdisc.config import instantiate
-from lmdisc.data.protocols import BlockProtocol
-from lmdisc.data.tokenizers import load_tokenizer
+from lmdisc.data.protocols import BlockProtocol, choose_protocol
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
@@ -25,7 +24,7 @@ from lmdisc.models.build import build_lm
 from lmdisc.scoring import score_file
 
 from . import CONF_DIR
-from .common import prepare_model_files, report_results, run_main
+from .common import is_pretrained, prepare_model_files, pretrained_model, report_results, run_main
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -55,12 +54,14 @@ def load_model_and_data(cfg: DictConfig):
             raise LmdiscError(
                 "the checkpoint records no data config; pass data=ptb (or data=text data.path=DIR)"
             )
-        datamodule = datamodule_for_checkpoint(data_cfg, ckpt, f"the checkpoint {cfg.ckpt}")
+        own = cfg.get("data") is None
+        datamodule = datamodule_for_checkpoint(data_cfg, ckpt, f"the checkpoint {cfg.ckpt}", own_config=own)
         return build_model(ckpt), datamodule, str(cfg.ckpt)
-    if cfg.get("model") is None:
+    if not is_pretrained(cfg):
         raise LmdiscError(
             "eval.py needs a checkpoint or a pretrained model: python eval.py ckpt=PATH [data=ptb], or "
-            "python eval.py model=smollm2_135m data=wikitext2 (model=hf model.name_or_path=DIR)"
+            "python eval.py model=smollm2_135m data=wikitext2 (model=hf model.name_or_path=DIR); a model "
+            "trained here has no weights without its checkpoint"
         )
     if cfg.get("data") is None or cfg.data.get("_target_") is None:
         raise LmdiscError(
@@ -73,17 +74,28 @@ def load_model_and_data(cfg: DictConfig):
 
 
 def scoring_setup(cfg: DictConfig):
-    """(model, tokenizer, protocol) for `score_file`: those of the evaluation, or, for a pretrained
-    model given without a corpus, its own tokenizer and a sliding window of `data.block_size`
-    (default: the model's context, at most 1024) moved by `data.eval_stride`."""
-    if cfg.get("ckpt") or (cfg.get("data") is not None and cfg.data.get("_target_") is not None):
-        model, datamodule, _ = load_model_and_data(cfg)
-        return model, datamodule.tokenizer, datamodule.bind_model(model)
-    if cfg.get("model") is None:
-        raise LmdiscError("score_file needs ckpt=PATH or a pretrained model=... (e.g. model=smollm2_135m)")
-    prepare_model_files(cfg)
-    tokenizer = load_tokenizer(cfg.data.tokenizer_from)
-    model = build_lm(cfg.model, tokenizer)
+    """(model, tokenizer, protocol) for `score_file`, reading no corpus: a checkpoint brings its
+    tokenizer and windows (its recorded data config, or `data=`); a pretrained model its own
+    tokenizer and a sliding window of `data.block_size` (default: its context, at most 1024)."""
+    if cfg.get("ckpt"):
+        ckpt = load_lm_checkpoint(cfg.ckpt)
+        model = build_model(ckpt)
+        given = cfg.get("data") is not None and cfg.data.get("_target_") is not None
+        data = (
+            OmegaConf.to_container(cfg.data, resolve=True)
+            if given
+            else ckpt["lmdisc"]["config"].get("data") or {}
+        )
+        protocol = choose_protocol(
+            data.get("protocol", "auto"),
+            model,
+            data.get("bptt", 35),
+            False,
+            data.get("block_size", 256),
+            data.get("eval_stride"),
+        )
+        return model, checkpoint_tokenizer(ckpt), protocol
+    model, tokenizer = pretrained_model(cfg, "score_file")
     block = cfg.data.get("block_size") or min(model.max_positions or 1024, 1024)
     return model, tokenizer, BlockProtocol(block, cfg.data.get("eval_stride"))
 

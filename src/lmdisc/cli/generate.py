@@ -8,13 +8,10 @@ import torch
 from omegaconf import DictConfig
 
 from lmdisc.checkpoint import build_model, checkpoint_tokenizer, load_lm_checkpoint
-from lmdisc.data.tokenizers import load_tokenizer
-from lmdisc.errors import LmdiscError
 from lmdisc.generation import generate, prompt_ids
-from lmdisc.models.build import build_lm
 
 from . import CONF_DIR
-from .common import prepare_model_files, require_positive_int, run_main
+from .common import pretrained_model, require_positive_int, run_main
 from .eval import resolve_device
 
 
@@ -22,11 +19,7 @@ def load_for_generation(cfg: DictConfig):
     if cfg.get("ckpt"):
         ckpt = load_lm_checkpoint(cfg.ckpt)
         return build_model(ckpt), checkpoint_tokenizer(ckpt)
-    if cfg.get("model") is None:
-        raise LmdiscError("generate.py needs ckpt=PATH or a pretrained model=... (e.g. model=smollm2_135m)")
-    prepare_model_files(cfg)
-    tokenizer = load_tokenizer(cfg.data.tokenizer_from)
-    return build_lm(cfg.model, tokenizer), tokenizer
+    return pretrained_model(cfg, "generate.py")
 
 
 def sample(cfg: DictConfig) -> dict:

@@ -28,6 +28,7 @@ from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
 from lmdisc.models.build import build_lm
+from lmdisc.models.hf import HFCausalLM
 from lmdisc.modules import LanguageModel
 
 from . import CONF_DIR
@@ -48,7 +49,6 @@ from .common import (
 COUNT_KEYS = (
     "data.batch_size",
     "data.eval_batch_size",
-    "data.test_batch_size",
     "data.bptt",
     "data.block_size",
     "trainer.max_epochs",
@@ -59,16 +59,22 @@ def build_datamodule(cfg: DictConfig):
     """The corpus, read with `init_from`'s tokenizer when fine-tuning (`datamodule_for_checkpoint`)."""
     if cfg.get("init_from"):
         ckpt = load_lm_checkpoint(cfg.init_from, "init_from")
-        return datamodule_for_checkpoint(cfg.data, ckpt, f"the init_from checkpoint {cfg.init_from}"), ckpt
+        name = f"the init_from checkpoint {cfg.init_from}"
+        return datamodule_for_checkpoint(cfg.data, ckpt, name, same_text=False), ckpt
     return instantiate(cfg.data), None
 
 
 def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config: dict) -> LanguageModel:
     tokenizer = datamodule.tokenizer
     model = build_lm(cfg.model, tokenizer)
+    if cfg.data.get("tokenizer") == "hf" and not isinstance(model, HFCausalLM):
+        raise LmdiscError(
+            f"data.tokenizer=hf is a pretrained model's own tokenizer, for model=hf; {type(model).__name__} is "
+            "trained here: use data.tokenizer=word or bpe (data.tokenizer_from=DIR borrows another tokenizer)"
+        )
     if init_ckpt is not None:
         load_lm_weights(model, init_ckpt)
-    protocol = datamodule.bind_model(model)
+    protocol = datamodule.bind_model(model, training=True)
     scheduler = cfg.scheduler.get("scheduler")
     return LanguageModel(
         model=model,
@@ -138,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "vocab_size": tokenizer.vocab_size,
         "tokenizer": tokenizer.describe(),
+        "detokenize": datamodule.spec.detokenize,
         "protocol": datamodule.protocol.describe(),
         "parameters": sum(p.numel() for p in module.model.parameters()),
     }

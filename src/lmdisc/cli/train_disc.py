@@ -58,6 +58,7 @@ def _datamodule(cfg: DictConfig, lm_ckpt: dict, disc_cfg: DictConfig):
         data_cfg,
         lm_ckpt,
         f"the LM checkpoint {cfg.lm_ckpt}",
+        own_config=not cfg.get("data"),
         train_split=disc_cfg.train_split,
         heldout_fraction=disc_cfg.heldout_fraction,
         train_eval_tokens=0,
@@ -72,7 +73,7 @@ def _frozen_lm(cfg: DictConfig, disc_cfg: DictConfig):
     L.seed_everything(cfg.seed, workers=True)
     datamodule = _datamodule(cfg, lm_ckpt, disc_cfg)
     lm = build_model(lm_ckpt)
-    datamodule.bind_model(lm)
+    datamodule.bind_model(lm, training=True)
     lm_info = {
         "path": str(Path(cfg.lm_ckpt).resolve()),
         "sha256": weights_sha256(lm.state_dict()),

@@ -38,10 +38,11 @@ class TrainingBlocks(Dataset):
         )
 
 
-def epoch_offset(seed: int, epoch: int, block_size: int) -> int:
+def epoch_offset(seed: int, epoch: int, block_size: int, tokens: int) -> int:
     """The random start of an epoch's blocks: a function of (seed, epoch) alone, so every rank and a
-    resumed run cut the same blocks."""
-    return int(np.random.default_rng([seed, epoch, 7]).integers(block_size))
+    resumed run cut the same blocks. Below `block_size`, and small enough that a stream of `tokens`
+    still gives at least one block."""
+    return int(np.random.default_rng([seed, epoch, 7]).integers(max(min(block_size, tokens - block_size), 1)))
 
 
 def strided_spans(tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:

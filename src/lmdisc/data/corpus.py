@@ -16,6 +16,7 @@ from lmdisc.io import atomic_torch_save
 
 from .detokenize import detokenize_wikitext
 from .tokenizers import (
+    BPE_RECIPE,
     Encoded,
     Tokenizer,
     WordTokenizer,
@@ -164,13 +165,12 @@ def _build_tokenizer(spec: TokenizerSpec, train_lines: list[str], train_sha: str
         raise LmdiscError(
             f"data.tokenizer=bpe needs data.vocab_size (a whole number), got {spec.vocab_size!r}"
         )
-    path = Path(cache_dir) / f"bpe-{_digest(train_sha, spec.key())}.json" if cache_dir else None
-    cached = _load_cached(path.with_suffix(".pt")) if path else None
+    path = Path(cache_dir) / f"bpe-{_digest(train_sha, spec.key(), BPE_RECIPE)}.pt" if cache_dir else None
+    cached = _load_cached(path)
     if cached is not None and cached.get("train_sha256") == train_sha:
         return tokenizer_from_state(cached["tokenizer"])
     tokenizer = train_bpe(train_lines, spec.vocab_size)
-    if path is not None:
-        _save_cached({"train_sha256": train_sha, "tokenizer": tokenizer.state()}, path.with_suffix(".pt"))
+    _save_cached({"train_sha256": train_sha, "tokenizer": tokenizer.state()}, path)
     return tokenizer
 
 

@@ -12,7 +12,7 @@ from lmdisc.errors import LmdiscError
 
 from .corpus import TOKENIZERS, Corpus, TokenizedSplit, TokenizerSpec, check_corpus_dir, load_corpus
 from .download import SOURCES, ensure_corpus
-from .protocols import PROTOCOLS, BlockProtocol, StreamProtocol
+from .protocols import PROTOCOLS, BlockProtocol, StreamProtocol, choose_protocol
 from .tokenizers import Tokenizer
 
 
@@ -43,7 +43,6 @@ class LMDataModule(L.LightningDataModule):
         protocol: str = "auto",
         batch_size: int = 20,
         eval_batch_size: int = 10,
-        test_batch_size: int = 1,
         bptt: int = 35,
         variable_bptt: bool = False,
         block_size: int = 256,
@@ -71,7 +70,6 @@ class LMDataModule(L.LightningDataModule):
         self.requested_protocol = protocol
         self.batch_size = _positive("batch_size", batch_size)
         self.eval_batch_size = _positive("eval_batch_size", eval_batch_size)
-        self.test_batch_size = _positive("test_batch_size", test_batch_size)
         self.bptt = _positive("bptt", bptt)
         self.variable_bptt = variable_bptt
         self.block_size = _positive("block_size", block_size)
@@ -140,20 +138,25 @@ class LMDataModule(L.LightningDataModule):
         self.load()
 
     # ---- protocol -------------------------------------------------------------------------
-    def bind_model(self, model) -> StreamProtocol | BlockProtocol:
-        """Choose the window protocol for `model` (`protocol=auto`) and check the windows fit it."""
-        name = self.requested_protocol
-        if name == "auto":
-            name = "stream" if getattr(model, "carries_state", True) else "blocks"
-        if name == "stream":
-            self.protocol = StreamProtocol(self.bptt, self.variable_bptt, self.seed)
-        else:
-            self.protocol = BlockProtocol(self.block_size, self.eval_stride, self.seed)
-        limit = getattr(model, "max_positions", None)
-        length = self.protocol.window_length
-        if limit is not None and length > limit:
-            key = "data.block_size" if name == "blocks" else "data.bptt"
-            raise LmdiscError(f"{key}={length} is longer than the model's maximum positions ({limit:,})")
+    def bind_model(self, model, training: bool = False) -> StreamProtocol | BlockProtocol:
+        """Choose the window protocol for `model` (`protocol=auto`) and check the windows fit it (and,
+        to train, that the training text holds a block)."""
+        self.protocol = choose_protocol(
+            self.requested_protocol,
+            model,
+            self.bptt,
+            self.variable_bptt,
+            self.block_size,
+            self.eval_stride,
+            self.seed,
+        )
+        name = self.protocol.name
+        training_text = len(self._split("train")) if training and name == "blocks" else None
+        if training_text is not None and training_text - 1 < self.block_size:
+            raise LmdiscError(
+                f"data.block_size={self.block_size} is longer than the training text ({training_text:,} "
+                "tokens): lower data.block_size"
+            )
         return self.protocol
 
     def _protocol(self) -> StreamProtocol | BlockProtocol:
@@ -199,9 +202,6 @@ class LMDataModule(L.LightningDataModule):
             return valid
         head = self._split("train").slice(0, self.train_eval_tokens + 1)
         return [valid, self.windows(head, self.eval_batch_size)]
-
-    def test_dataloader(self) -> DataLoader:
-        return self.windows(self._split("test"), self.test_batch_size)
 
     def split_loader(self, split: str) -> DataLoader:
         """Unsharded evaluation windows over a whole split, by the protocol's standard batch size."""

@@ -88,7 +88,7 @@ class BlockProtocol:
         num_workers: int = 0,
     ) -> DataLoader:
         if train:
-            offset = epoch_offset(self.seed, epoch, self.block_size)
+            offset = epoch_offset(self.seed, epoch, self.block_size, len(split))
             blocks = TrainingBlocks(split.ids, split.word_weight, self.block_size, offset)
             if len(blocks) == 0:
                 raise LmdiscError(
@@ -113,3 +113,33 @@ class BlockProtocol:
 
     def describe(self) -> str:
         return f"blocks protocol (context {self.block_size}, evaluation stride {self.stride})"
+
+
+def choose_protocol(
+    requested: str,
+    model,
+    bptt: int = 35,
+    variable_bptt: bool = False,
+    block_size: int = 256,
+    eval_stride: int | None = None,
+    seed: int = 0,
+) -> StreamProtocol | BlockProtocol:
+    """The protocol for `model`: `auto` is stream for a recurrent model, blocks for a transformer.
+    A window longer than the model's maximum positions is refused."""
+    if requested not in PROTOCOLS:
+        raise LmdiscError(f"data.protocol must be one of {list(PROTOCOLS)}, got {requested!r}")
+    name = requested
+    if name == "auto":
+        name = "stream" if getattr(model, "carries_state", True) else "blocks"
+    protocol = (
+        StreamProtocol(bptt, variable_bptt, seed)
+        if name == "stream"
+        else BlockProtocol(block_size, eval_stride, seed)
+    )
+    limit = getattr(model, "max_positions", None)
+    if limit is not None and protocol.window_length > limit:
+        key = "data.block_size" if name == "blocks" else "data.bptt"
+        raise LmdiscError(
+            f"{key}={protocol.window_length} is longer than the model's maximum positions ({limit:,})"
+        )
+    return protocol

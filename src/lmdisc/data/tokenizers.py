@@ -34,6 +34,7 @@ UNK = "<unk>"
 BLANK = "<blank>"
 # special tokens of the BPE tokenizers trained here: an end-of-text and the noising blank
 BPE_SPECIALS = ("<|endoftext|>", BLANK)
+BPE_RECIPE = "byte-level-v1"  # bump when train_bpe changes: cached BPEs of another recipe are not reused
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def encode_lines(self, lines: Sequence[str]) -> Encoded: ...
+
+    @abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """A piece of text without the end of line that `encode_lines` adds (a prompt); empty text is
+        an end of line."""
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
@@ -138,6 +144,14 @@ class WordTokenizer(Tokenizer):
         tensor = torch.tensor(ids, dtype=torch.long)
         return Encoded(tensor, torch.ones(len(ids), dtype=torch.bool), unknown)
 
+    def encode_text(self, text: str) -> list[int]:
+        if not text.split():
+            return [self.eos_id]
+        return [
+            self.index.get(word, self.unk_id if self.unk_id is not None else self.eos_id)
+            for word in text.split()
+        ]
+
     def decode(self, ids: Sequence[int]) -> str:
         words = [BLANK if i == self.blank_id else self.words[i] for i in ids]
         return " ".join(words).replace(f" {EOS} ", "\n").replace(EOS, "\n")
@@ -157,7 +171,10 @@ class SubwordTokenizer(Tokenizer):
 
         self.kind = kind
         self.json = tokenizer_json
-        self.backend = HFTokenizer.from_str(tokenizer_json)
+        try:
+            self.backend = HFTokenizer.from_str(tokenizer_json)
+        except Exception as err:  # the Rust library raises its own exception types
+            raise LmdiscError(f"not a valid tokenizer JSON ({str(err).splitlines()[0][:200]})") from None
         self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
         self.blank_id = self._reserved_blank()
 
@@ -169,17 +186,41 @@ class SubwordTokenizer(Tokenizer):
                 return idx
         return self.vocab_size - 1
 
-    def encode_lines(self, lines: Sequence[str], source: str = "text") -> Encoded:
-        texts = [line + "\n" for line in lines]
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64)
-        line_start = np.cumsum([0] + [len(t) for t in texts[:-1]], dtype=np.int64)
-        starts = np.fromiter(
-            (base + o[0] for e, base in zip(encodings, line_start) for o in e.offsets), dtype=np.int64
+    def encode_lines(self, lines: Sequence[str], source: str = "text", chunk: int = 20_000) -> Encoded:
+        """Each line with its newline; `chunk` lines at a time (no word spans a line), so the
+        per-character work stays small on a corpus of any size."""
+        ids, ends, words, token_word = [], [], [], []
+        for first in range(0, len(lines), chunk):
+            texts = [line + "\n" for line in lines[first : first + chunk]]
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+            line_start = np.cumsum([0] + [len(t) for t in texts[:-1]], dtype=np.int64)
+            spans = np.array(
+                [(base + a, base + b) for e, base in zip(encodings, line_start) for a, b in e.offsets],
+                dtype=np.int64,
+            ).reshape(-1, 2)
+            part_of, part_words = words_of_tokens("".join(texts), spans[:, 0], spans[:, 1])
+            ids.append(np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64))
+            ends.append(np.append(part_of[1:] != part_of[:-1], True) if len(part_of) else np.zeros(0, bool))
+            token_word.append(part_of + len(words))
+            words.extend(part_words)
+        if not ids:
+            return Encoded(
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.bool),
+                0,
+                [],
+                np.zeros(0, np.int64),
+            )
+        return Encoded(
+            torch.from_numpy(np.concatenate(ids)),
+            torch.from_numpy(np.concatenate(ends)),
+            0,
+            words,
+            np.concatenate(token_word),
         )
-        token_word, words = words_of_tokens("".join(texts), starts)
-        word_end = np.append(token_word[1:] != token_word[:-1], True) if len(ids) else np.zeros(0, bool)
-        return Encoded(torch.from_numpy(ids), torch.from_numpy(word_end), 0, words, token_word)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.backend.encode(text or "\n", add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
@@ -193,34 +234,41 @@ class SubwordTokenizer(Tokenizer):
 
         atomic_write_text(self.json, Path(path))
 
-    def fingerprint(self) -> str:  # the kind is a label: the same JSON is the same tokenizer
-        return hashlib.sha256(self.json.encode()).hexdigest()
+    def fingerprint(self) -> str:
+        """Of the JSON's content (key order and formatting aside); the kind is only a label."""
+        canonical = json.dumps(json.loads(self.json), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def words_of_tokens(text: str, token_starts: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Each token's word (an index into the returned word list), from the tokens' start offsets
-    (characters) in `text`.
+def words_of_tokens(text: str, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each token's word (an index into the returned word list), from the tokens' character spans
+    [start, end) in `text`.
 
     A word is a maximal run of non-whitespace characters, and each newline is a word of its own
-    (the end of a line). A token belongs to the first word character at or after its start, so a
-    leading space ("Ġthe") or a bare space token joins the word that follows it.
+    (the end of a line). A token belongs to the last word character inside its span; one with
+    none (a bare space) belongs to the word that follows it. So "Ġthe" is "the", and a token that
+    merges punctuation with the newline (".\n", as Llama-3-style tokenizers make) ends the line.
     """
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    size = len(codes)
     spaces = np.array([ord(c) for c in set(text) if c.isspace() and c != "\n"], dtype=np.uint32)
     newline = codes == ord("\n")
     is_word = ~np.isin(codes, spaces)
     before = np.concatenate([[False], is_word[:-1]])
     after_newline = np.concatenate([[False], newline[:-1]])
-    starts = is_word & (~before | newline | after_newline)
+    word_starts = is_word & (~before | newline | after_newline)
     after = np.concatenate([is_word[1:], [False]])
     next_newline = np.concatenate([newline[1:], [False]])
-    stops = is_word & (~after | newline | next_newline)
-    word_at = np.append(np.cumsum(starts) - 1, int(starts.sum()))
-    positions = np.append(np.where(is_word, np.arange(len(codes)), len(codes)), len(codes))
-    first_word_char = np.minimum.accumulate(positions[::-1])[::-1]
-    token_word = word_at[first_word_char[np.clip(token_starts, 0, len(codes))]]
-    words = [text[a : b + 1] for a, b in zip(np.flatnonzero(starts), np.flatnonzero(stops))]
-    return token_word, words
+    word_stops = is_word & (~after | newline | next_newline)
+    word_at = np.append(np.cumsum(word_starts) - 1, int(word_starts.sum()))
+    position = np.arange(size)
+    next_word_char = np.minimum.accumulate(np.append(np.where(is_word, position, size), size)[::-1])[::-1]
+    last_word_char = np.maximum.accumulate(np.where(is_word, position, -1)) if size else position
+    starts = np.clip(starts, 0, size)
+    inside = last_word_char[np.clip(ends - 1, 0, max(size - 1, 0))] if size else starts
+    char = np.where((ends > starts) & (inside >= starts), inside, next_word_char[starts])
+    words = [text[a : b + 1] for a, b in zip(np.flatnonzero(word_starts), np.flatnonzero(word_stops))]
+    return word_at[char], words
 
 
 def train_bpe(lines: Sequence[str], vocab_size: int) -> SubwordTokenizer:

@@ -73,7 +73,7 @@ def load_pretrained(name_or_path: str, allow_download: bool = False):
         return transformers.AutoModelForCausalLM.from_pretrained(
             source, local_files_only=local_only, dtype=torch.float32
         )
-    except OSError as err:
+    except Exception as err:  # OSError (files), ValueError (an unknown architecture), ...
         if local_only and not Path(source).is_dir():
             raise LmdiscError(
                 f"model.name_or_path={name_or_path} is not a local directory and downloads are off: put the "

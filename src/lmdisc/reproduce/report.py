@@ -86,6 +86,13 @@ def best_by_validation(runs: list[dict]) -> dict[str, dict]:
     return best
 
 
+def _word_ppl(runs: list[dict]) -> str:
+    """Word-level test PPL (the same as token-level for a word tokenizer; '–' for runs from before
+    it was recorded)."""
+    values = [r["test/word_ppl"] for r in runs if "test/word_ppl" in r]
+    return _pm(values) if len(values) == len(runs) else "–"
+
+
 def _bucket_table(base: dict, best: dict[str, dict]) -> list[str]:
     arms = list(best)
     lines = [
@@ -193,16 +200,16 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
         "",
         "## Each arm at its best learning rate (by validation)",
         "",
-        "| arm | lr | val PPL | test PPL | test Δ vs base | train tokens/s |",
-        "|---|---|---|---|---|---|",
-        f"| base | – | {base['val/ppl']:.2f} | {base['test/ppl']:.2f} | – | – |",
+        "| arm | lr | val PPL | test PPL | test word-level PPL | test Δ vs base | train tokens/s |",
+        "|---|---|---|---|---|---|---|",
+        f"| base | – | {base['val/ppl']:.2f} | {base['test/ppl']:.2f} | {_word_ppl([base])} | – | – |",
     ]
     for arm, info in best.items():
         tests = [r["test/ppl"] for r in info["runs"]]
         delta = [t - base["test/ppl"] for t in tests]
         lines.append(
             f"| {arm} | {info['lr']:g} | {_pm([r['val/ppl'] for r in info['runs']])} | {_pm(tests)} | "
-            f"{_pm(delta)} | {_tokens_per_s(info['runs'])} |"
+            f"{_word_ppl(info['runs'])} | {_pm(delta)} | {_tokens_per_s(info['runs'])} |"
         )
     lines += ["", "(tokens/s: measured while `jobs` runs shared the machine.)"]
     lines += _contribution(best)
