@@ -24,9 +24,9 @@ import statistics
 import tempfile
 import time
 
-import lightning as L
 import torch
 from machine import describe
+from throughput import lightning_loop
 
 from lmdisc.allocator import keep_freed_memory
 from lmdisc.data import LMDataModule
@@ -50,23 +50,7 @@ def ours(model: HFCausalLM, datamodule, steps: int, precision: str) -> float:
         optimizer=adamw,
         carry_state=False,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        precision=precision,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=CLIP,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    return module.tokens_seen / (time.perf_counter() - start)
+    return lightning_loop(module, datamodule, steps, CLIP, "cpu", precision)
 
 
 def hf_trainer(hf_model, rows: list[torch.Tensor], batch_size: int, steps: int, precision: str) -> float:

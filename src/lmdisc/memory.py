@@ -50,3 +50,14 @@ def check_logits_fit(
             f"{what} logits would need ~{_gb(need)} ({shape} × {vocab:,} tokens × 4 bytes × {copies} live "
             f"copies) but {_gb(available)} is available on {device.type}; {hint}"
         )
+
+
+def check_evaluation_fits(datamodule, vocab: int, device: torch.device, splits=("valid", "test")) -> None:
+    """Refuse `splits` whose longest evaluation window's logits cannot fit, by the bound protocol."""
+    protocol = datamodule.protocol
+    corpus = datamodule.load()
+    key = "data.bptt" if protocol.carries_state else "data.block_size"
+    for split in splits:
+        batch = protocol.eval_batch_size(split, datamodule.eval_batch_size)
+        length = protocol.longest_window(len(corpus[split]), batch)
+        check_logits_fit("evaluation", batch, length, vocab, device, f"lower data.eval_batch_size or {key}")

@@ -16,19 +16,17 @@ from lmdisc.cli.eval import evaluate
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
-def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, tiny_corpus, tmp_path):
-    run_dir, _ = trained_run
-    out = tmp_path / "ddp"
+def _train_on_two_processes(overrides: list[str], tmp_path, out) -> subprocess.CompletedProcess:
+    """train.py through the real CLI under DDP with two CPU processes (gloo), one epoch, into `out`."""
     command = [
         sys.executable,
         "-m",
         "lmdisc.cli.train",
-        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
+        *overrides,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.max_epochs=1",
-        "optim.optimizer.lr=0.5",
         f"paths.root_dir={tmp_path}",
         f"paths.data_dir={DATA_DIR}",
         f"hydra.run.dir={out}",
@@ -36,6 +34,17 @@ def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, tiny_corpus, tmp_path):
+    run_dir, _ = trained_run
+    out = tmp_path / "ddp"
+    overrides = [
+        *rkl_overrides(tiny_corpus, run_dir / "checkpoints" / "best.ckpt", trained_disc["checkpoint"]),
+        "optim.optimizer.lr=0.5",
+    ]
+    done = _train_on_two_processes(overrides, tmp_path, out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] > 0
     assert "distributed_backend=gloo" in done.stdout + done.stderr  # really two processes
@@ -47,22 +56,7 @@ def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, t
 
 def test_a_transformer_under_two_process_ddp_shares_blocks_and_reduces_validation(tiny_corpus, tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "lmdisc.cli.train",
-        *gpt_overrides(tiny_corpus),
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.max_epochs=1",
-        f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={DATA_DIR}",
-        f"hydra.run.dir={out}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _train_on_two_processes(gpt_overrides(tiny_corpus), tmp_path, out)
     with open(out / "csv" / "version_0" / "metrics.csv") as handle:
         logged = [float(row["val/ppl"]) for row in csv.DictReader(handle) if row.get("val/ppl")]
     # each rank scored its own share of the strided windows; token-weighted across ranks, the

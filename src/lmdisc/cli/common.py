@@ -17,7 +17,7 @@ from lmdisc.config import instantiate
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import flatten_results
 from lmdisc.io import atomic_write_text
-from lmdisc.memory import check_logits_fit
+from lmdisc.memory import check_evaluation_fits, check_logits_fit
 
 
 def require_positive(cfg: DictConfig, *keys: str) -> None:
@@ -116,11 +116,7 @@ def check_window_memory(cfg: DictConfig, datamodule, model, chunk: int) -> None:
     hint = f"lower data.batch_size or {key}, or set ce_chunk_size (training with ce/ppl losses)"
     length = protocol.longest_window(len(corpus["train"]), datamodule.batch_size)
     check_logits_fit("training", datamodule.batch_size, length, model.vocab_size, device, hint, chunk)
-    for split in ("valid", "test"):
-        batch = protocol.eval_batch_size(split, datamodule.eval_batch_size)
-        length = protocol.longest_window(len(corpus[split]), batch)
-        hint = f"lower data.eval_batch_size or {key}"
-        check_logits_fit("evaluation", batch, length, model.vocab_size, device, hint)
+    check_evaluation_fits(datamodule, model.vocab_size, device)
 
 
 def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:

@@ -19,7 +19,7 @@ from lmdisc.data.protocols import BlockProtocol, choose_protocol
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
-from lmdisc.memory import check_logits_fit
+from lmdisc.memory import check_evaluation_fits
 from lmdisc.models.build import build_lm
 from lmdisc.scoring import score_file
 
@@ -129,12 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     splits = list(cfg.get("splits") or ())
     if not splits or set(splits) - {"valid", "test"}:
         raise LmdiscError(f"splits must name valid and/or test, got {splits}")
-    key = "data.bptt" if protocol.carries_state else "data.block_size"
-    for split in splits:
-        batch = protocol.eval_batch_size(split, datamodule.eval_batch_size)
-        length = protocol.longest_window(len(datamodule.load()[split]), batch)
-        hint = f"lower data.eval_batch_size or {key}"
-        check_logits_fit("evaluation", batch, length, model.vocab_size, device, hint)
+    check_evaluation_fits(datamodule, model.vocab_size, device, splits)
     with autocast(device, cfg.get("precision", "32-true")):
         results = evaluate_splits(model, datamodule, device, splits=splits)
     out = Path(cfg.get("metrics_file") or Path(cfg.paths.output_dir) / "metrics.json")

