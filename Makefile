@@ -8,7 +8,7 @@ LMDISC_DATA_DIR ?= $(if $(wildcard ../shared/data/ptb/train.txt),$(abspath ../sh
 export LMDISC_DATA_DIR
 ARGS ?=
 
-.PHONY: install pretrained train reproduce test lint format bench clean
+.PHONY: install pretrained train reproduce test lint format bench wandb-sync clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: install
 	$(PY) benchmarks/throughput.py --model awd_lstm --steps 30
 	$(PY) benchmarks/throughput.py --model gpt --tokenizer bpe --vocab-size 8192 --batch-size 16 --block-size 256 --steps 40 --eval-windows 40
 	$(PY) benchmarks/hf_trainer.py --tiny-llama --steps 200
+
+# upload every offline W&B run under logs/ (offline is the default without credentials);
+# `wandb sync` skips runs it has already uploaded. LOGS=DIR syncs another directory.
+LOGS ?= logs
+wandb-sync: install
+	find $(LOGS) -type d -name 'offline-run-*' -prune -print0 | sort -z | xargs -0 -r $(VENV)/bin/wandb sync
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache logs build src/*.egg-info

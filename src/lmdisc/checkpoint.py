@@ -32,11 +32,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, Path(path))
 
 
+def _truncated_zip(path: Path) -> bool:
+    """A torch checkpoint is a zip archive: one that starts like a zip but has no end-of-central-
+    directory record within its last 64 KiB has been cut short."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return False
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - 65_557))
+        return b"PK\x05\x06" not in handle.read()
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with `weights_only=True`; a missing, truncated or foreign file gets a clear error."""
     path = Path(path)
     if not path.is_file():
         raise LmdiscError(f"checkpoint not found: {path}")
+    if _truncated_zip(path):
+        raise LmdiscError(
+            f"checkpoint {path} is truncated ({path.stat().st_size:,} bytes, with no end-of-archive record): "
+            "a partial copy or an interrupted write; copy it again, or use another checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,32 +21,23 @@ from lmdisc.io import atomic_write_text
 from lmdisc.memory import check_evaluation_fits, check_logits_fit
 
 
-def require_positive(cfg: DictConfig, *keys: str) -> None:
-    """Reject zero/negative rates before any work starts."""
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-        ):
-            raise LmdiscError(f"{key} must be a positive number, got {value!r}")
-
-
-def require_positive_int(cfg: DictConfig, *keys: str) -> None:
-    """Reject sizes and counts that are not whole numbers >= 1 before any work starts."""
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise LmdiscError(f"{key} must be a whole number >= 1, got {value!r}")
-
-
 def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
     """Run an entry point's task; a user-facing error (`LmdiscError`) is printed as one clean line
-    (no traceback) and the process exits with status 2."""
+    (no traceback; HYDRA_FULL_ERROR=1 shows it) and the process exits with status 2. A W&B run is
+    finished either way, so that the next multirun job starts its own."""
     try:
-        return task(cfg)
+        result = task(cfg)
     except LmdiscError as err:
+        close_loggers(exit_code=2)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for the traceback
+            raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except BaseException:
+        close_loggers(exit_code=1)
+        raise
+    close_loggers()
+    return result
 
 
 def is_pretrained(cfg: DictConfig) -> bool:
@@ -131,8 +123,16 @@ def instantiate_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
     return callbacks
 
 
-def instantiate_loggers(cfg: DictConfig) -> list | bool:
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+def instantiate_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> list | bool:
+    """The `logger` group's loggers; a W&B logger continues `wandb_run_id` (a resumed run's)."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        is_wandb = str(node.get("_target_", "")).endswith("wandb_logger")
+        loggers.append(
+            instantiate(node, **({"resume_id": wandb_run_id} if is_wandb and wandb_run_id else {}))
+        )
     return loggers or False
 
 
@@ -196,11 +196,11 @@ def report_results(results: dict[str, dict], title: str, output_dir: str | Path)
     return flat
 
 
-def close_loggers() -> None:
-    """Finish a W&B run so the next multirun job starts its own (lightning-hydra-template's task_wrapper)."""
+def close_loggers(exit_code: int | None = None) -> None:
+    """Finish a W&B run, failed or not, so that the next multirun job starts its own."""
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)

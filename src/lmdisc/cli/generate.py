@@ -9,9 +9,10 @@ from omegaconf import DictConfig
 
 from lmdisc.checkpoint import build_model, checkpoint_tokenizer, load_lm_checkpoint
 from lmdisc.generation import generate, prompt_ids
+from lmdisc.validation import validate
 
 from . import CONF_DIR
-from .common import pretrained_model, require_positive_int, run_main
+from .common import pretrained_model, run_main
 from .eval import resolve_device
 
 
@@ -23,7 +24,7 @@ def load_for_generation(cfg: DictConfig):
 
 
 def sample(cfg: DictConfig) -> dict:
-    require_positive_int(cfg, "max_new_tokens", "num_samples")
+    validate(cfg)
     model, tokenizer = load_for_generation(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     model = model.to(device)

@@ -24,12 +24,16 @@ from lmdisc.checkpoint import (
 )
 from lmdisc.config import instantiate
 from lmdisc.data.tokenizers import same_tokenizer_or_refuse
+from lmdisc.distributed import use_job_dir_for_ddp_children
+from lmdisc.environment import environment
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
 from lmdisc.io import atomic_write_json
 from lmdisc.models.build import build_lm
 from lmdisc.models.hf import HFCausalLM
 from lmdisc.modules import LanguageModel
+from lmdisc.validation import validate
+from lmdisc.wandb_tracking import log_images, log_run_config, log_summary
 
 from . import CONF_DIR
 from .common import (
@@ -40,18 +44,8 @@ from .common import (
     instantiate_loggers,
     prepare_model_files,
     report_results,
-    require_positive,
-    require_positive_int,
     run_main,
     save_resolved_config,
-)
-
-COUNT_KEYS = (
-    "data.batch_size",
-    "data.eval_batch_size",
-    "data.bptt",
-    "data.block_size",
-    "trainer.max_epochs",
 )
 
 
@@ -97,23 +91,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise LmdiscError(
             "this experiment is a pipeline, not a single run: python reproduce.py experiment=<the same name>"
         )
-    require_positive(cfg, "optim.optimizer.lr")
-    require_positive_int(cfg, *COUNT_KEYS)
-    if cfg.get("ce_chunk_size") is not None:
-        require_positive_int(cfg, "ce_chunk_size")
+    validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     prepare_model_files(cfg)
     run_config = save_resolved_config(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, init_ckpt = build_datamodule(cfg)
     tokenizer = datamodule.tokenizer
-    if cfg.get("ckpt_path"):
-        resumed = checkpoint_tokenizer(load_checkpoint(cfg.ckpt_path))
+    resume = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if resume is not None:
+        resumed = checkpoint_tokenizer(resume)
         same_tokenizer_or_refuse(resumed, tokenizer, f"the checkpoint {cfg.ckpt_path}", "the corpus")
     module = build_module(cfg, datamodule, init_ckpt, run_config)
     check_window_memory(cfg, datamodule, module.model, module.chunk_size)
     tokenizer.save(output_dir / "tokenizer.json")
-    loggers = instantiate_loggers(cfg)
+    env = environment()
+    atomic_write_json(env, output_dir / "environment.json")
+    loggers = instantiate_loggers(cfg, wandb_run_id=resume["lmdisc"].get("wandb_run_id") if resume else None)
+    log_run_config(loggers, {**run_config, "environment": env})
     # variable BPTT changes the number of windows every epoch and blocks start at a new offset:
     # rebuild the loader each epoch so Lightning's batch count matches it
     reload = datamodule.variable_bptt or not datamodule.protocol.carries_state
@@ -147,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "detokenize": datamodule.spec.detokenize,
         "protocol": datamodule.protocol.describe(),
         "parameters": sum(p.numel() for p in module.model.parameters()),
+        "environment": env,
     }
     if cfg.get("evaluate", True) and trainer.is_global_zero:
         ckpt_file = _best_checkpoint(trainer)
@@ -156,7 +152,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results = evaluate_splits(model.to(device), datamodule, device)
             flat = report_results(results, f"{datamodule.protocol.describe()}: {ckpt_file}", output_dir)
             metrics.update({"checkpoint": str(ckpt_file), **flat})
+            log_images(loggers, {"eval/buckets": flat["buckets_plot"]} if "buckets_plot" in flat else {})
     if trainer.is_global_zero:
+        log_summary(loggers, metrics)
         atomic_write_json(metrics, output_dir / "metrics.json")
     close_loggers()
     return metrics
@@ -176,6 +174,7 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    use_job_dir_for_ddp_children(__spec__.name)
     keep_freed_memory()
     torch.set_float32_matmul_precision("high")
     metrics = run_main(train, cfg)

@@ -24,19 +24,19 @@ from lmdisc.checkpoint import (
     weights_sha256,
 )
 from lmdisc.config import instantiate
+from lmdisc.distributed import use_job_dir_for_ddp_children
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 from lmdisc.losses.discriminator import NEGATIVES
 from lmdisc.models.discriminator import build_discriminator
 from lmdisc.modules.disc import ZERO_HEAD_BCE, DiscriminatorModule
+from lmdisc.validation import validate
 
 from . import CONF_DIR
 from .common import (
     close_loggers,
     instantiate_callbacks,
     instantiate_loggers,
-    require_positive,
-    require_positive_int,
     run_main,
     save_resolved_config,
 )
@@ -128,8 +128,7 @@ def check_discriminator_options(disc_cfg: DictConfig) -> None:
 
 
 def train_discriminator(cfg: DictConfig) -> dict[str, Any]:
-    require_positive(cfg, "optim.optimizer.lr")
-    require_positive_int(cfg, "trainer.max_epochs", "discriminator.k")
+    validate(cfg)
     disc_cfg = cfg.discriminator
     check_discriminator_options(disc_cfg)
     lm, lm_info, datamodule = _frozen_lm(cfg, disc_cfg)
@@ -226,6 +225,7 @@ def score_discriminator(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_disc")
 def main(cfg: DictConfig) -> float | None:
+    use_job_dir_for_ddp_children(__spec__.name)
     keep_freed_memory()
     run = score_discriminator if cfg.get("disc_ckpt") else train_discriminator
     metrics = run_main(run, cfg)

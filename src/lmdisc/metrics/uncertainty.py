@@ -57,7 +57,8 @@ class CalibrationError(Metric):
         top_log_prob, prediction = log_probs.detach().max(-1)
         confidence = top_log_prob.exp()[mask].double()
         correct = (prediction == targets)[mask].double()
-        bins = torch.clamp((confidence * self.n_bins).long(), max=self.n_bins - 1)
+        # a NaN confidence (a diverged model) falls in the first bin and makes the ECE NaN, honestly
+        bins = torch.nan_to_num(confidence * self.n_bins, nan=0.0).long().clamp(0, self.n_bins - 1)
         self.confidence_sum.index_add_(0, bins, confidence)
         self.correct_sum.index_add_(0, bins, correct)
         self.count.index_add_(0, bins, torch.ones_like(confidence))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lmdisc.data.window import Window
+from lmdisc.errors import LmdiscError
 from lmdisc.losses.base import BatchContext, Loss
 from lmdisc.metrics import SplitMetrics, TokenNLL
 from lmdisc.models.base import LanguageModelBase
+from lmdisc.wandb_tracking import wandb_loggers
 from lmdisc.window_loop import Reader
 
 EVAL_STAGES = ("val", "train_eval")
@@ -69,6 +72,7 @@ class LanguageModel(L.LightningModule):
         self.eval_metrics = nn.ModuleDict({stage: SplitMetrics() for stage in EVAL_STAGES})
         self._window_len = bptt
         self.tokens_seen = 0  # input tokens of this process' training windows, for throughput
+        self._rate_since: tuple[float, int] | None = None  # (time, tokens_seen) at the last logged step
 
     def forward(self, tokens: torch.Tensor, state=None):
         return self.model(tokens, state)
@@ -107,11 +111,55 @@ class LanguageModel(L.LightningModule):
         if penalty is not None:
             loss = loss + penalty
             out.logs["regularization"] = penalty.detach()
+        if not torch.isfinite(loss):  # one scalar read a step: a NaN would otherwise surface in a metric
+            raise LmdiscError(self._non_finite_message(loss, inputs))
         self.train_nll.update(ctx.token_nll(logits, targets), targets, batch.words)
         if logged:  # self.log costs as much as a small model's step: only where Lightning writes it
             self.log("train/objective", loss.detach(), prog_bar=True)
             self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+            self._log_tokens_per_s()
         return loss
+
+    def _log_tokens_per_s(self) -> None:
+        """Training tokens a second over all processes, since the previous logged step (the first
+        logged step only starts the clock)."""
+        now = time.perf_counter()
+        if self._rate_since is not None and now > self._rate_since[0]:
+            since, tokens = self._rate_since
+            world = self.trainer.world_size if self._trainer is not None else 1
+            self.log("train/tokens_per_s", (self.tokens_seen - tokens) * world / (now - since))
+        self._rate_since = (now, self.tokens_seen)
+
+    def _non_finite_message(self, loss: torch.Tensor, inputs: torch.Tensor) -> str:
+        """Where training diverged, what it was reading, and where to go back to."""
+        first = inputs[0, :12].tolist()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        text = repr(tokenizer.decode(first)) if tokenizer is not None else str(first)
+        saved = [
+            c.last_model_path or c.best_model_path
+            for c in (self.trainer.checkpoint_callbacks if self._trainer is not None else [])
+            if c.last_model_path or c.best_model_path
+        ]
+        where = (
+            f"last good checkpoint: {saved[0]} (ckpt_path= resumes from it)"
+            if saved
+            else "no checkpoint saved yet"
+        )
+        return (
+            f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); the batch "
+            f"starts with {text}; {where}. Lower optim.optimizer.lr, or clip gradients (trainer.gradient_clip_val)"
+        )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """The gradient norm before clipping (all processes' gradients, after DDP's reduction), on
+        the steps whose logs Lightning writes."""
+        if not self._logs_kept():
+            return
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm)
 
     def _logs_kept(self) -> bool:
         """Whether Lightning writes this step's logs: after the step it has stepped global_step + 1
@@ -126,9 +174,11 @@ class LanguageModel(L.LightningModule):
         nll = self.train_nll.compute().float()
         word_nll = self.train_nll.word_loss().float()
         self.train_nll.reset()
-        self.log("train/loss", nll)
-        self.log("train/ppl", nll.exp())
-        self.log("train/word_ppl", word_nll.exp())
+        # the metric is already summed over processes: sync_dist's mean of equal values leaves it
+        # as it is, and tells Lightning that the value is the whole run's
+        self.log("train/loss", nll, sync_dist=True)
+        self.log("train/ppl", nll.exp(), sync_dist=True)
+        self.log("train/word_ppl", word_nll.exp(), sync_dist=True)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         scale = self._window_len / self.bptt if self.scale_lr_by_window else 1.0
@@ -157,14 +207,15 @@ class LanguageModel(L.LightningModule):
         values = {k: v.float() for k, v in self.eval_metrics[stage].compute().items()}
         self.eval_metrics[stage].reset()
         for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "ppl")
+            # token-weighted over every process already (see on_train_epoch_end for sync_dist)
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "ppl", sync_dist=True)
         return values
 
     def on_validation_epoch_end(self) -> None:
         val = self._log_eval("val")
         if self.eval_metrics["train_eval"].nll.tokens > 0:
             train = self._log_eval("train_eval")
-            self.log("gap/ppl", val["ppl"] - train["ppl"])
+            self.log("gap/ppl", val["ppl"] - train["ppl"], sync_dist=True)
 
     # ---- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):
@@ -180,3 +231,6 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmdisc"] = {"kind": "lm", **self.checkpoint_meta}
+        run_ids = [logger.version for logger in wandb_loggers(self.loggers) if logger.version]
+        if run_ids:  # ckpt_path= resumes this W&B run (lmdisc.wandb_tracking)
+            checkpoint["lmdisc"]["wandb_run_id"] = str(run_ids[0])
