@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
@@ -137,11 +138,13 @@ def instantiate_loggers(cfg: DictConfig, wandb_run_id: str | None = None) -> lis
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> dict:
-    """Write the fully resolved config next to the run's outputs and return it as a plain dict."""
+    """Write the fully resolved config next to the run's outputs (rank zero: DDP children share the
+    directory) and return it as a plain dict."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(
-        OmegaConf.to_yaml(OmegaConf.create(resolved)), Path(output_dir) / "config_resolved.yaml"
-    )
+    if rank_zero_only.rank == 0:
+        atomic_write_text(
+            OmegaConf.to_yaml(OmegaConf.create(resolved)), Path(output_dir) / "config_resolved.yaml"
+        )
     return resolved
 
 

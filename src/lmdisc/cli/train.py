@@ -9,6 +9,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from lmdisc.allocator import keep_freed_memory
@@ -104,9 +105,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         same_tokenizer_or_refuse(resumed, tokenizer, f"the checkpoint {cfg.ckpt_path}", "the corpus")
     module = build_module(cfg, datamodule, init_ckpt, run_config)
     check_window_memory(cfg, datamodule, module.model, module.chunk_size)
-    tokenizer.save(output_dir / "tokenizer.json")
     env = environment()
-    atomic_write_json(env, output_dir / "environment.json")
+    if rank_zero_only.rank == 0:  # DDP children share the run directory (lmdisc.distributed)
+        tokenizer.save(output_dir / "tokenizer.json")
+        atomic_write_json(env, output_dir / "environment.json")
     loggers = instantiate_loggers(cfg, wandb_run_id=resume["lmdisc"].get("wandb_run_id") if resume else None)
     log_run_config(loggers, {**run_config, "environment": env})
     # variable BPTT changes the number of windows every epoch and blocks start at a new offset:
