@@ -3,6 +3,15 @@
 from .bounded_checkpoint import BoundedCheckpoint
 from .disc_refresh import DiscriminatorRefresh
 from .nt_asgd import NTASGD
+from .optuna_pruning import OptunaPruning
 from .text_progress import TextProgressBar
+from .wandb_samples import WandbSamples
 
-__all__ = ["NTASGD", "BoundedCheckpoint", "DiscriminatorRefresh", "TextProgressBar"]
+__all__ = [
+    "NTASGD",
+    "BoundedCheckpoint",
+    "DiscriminatorRefresh",
+    "OptunaPruning",
+    "TextProgressBar",
+    "WandbSamples",
+]

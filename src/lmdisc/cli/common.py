@@ -33,12 +33,21 @@ def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for the traceback
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
+        if _in_multirun():  # Hydra records the failed job (summary.md, the Optuna trial) and stops
+            raise
         sys.exit(2)
     except BaseException:
         close_loggers(exit_code=1)
         raise
     close_loggers()
     return result
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def is_pretrained(cfg: DictConfig) -> bool:
