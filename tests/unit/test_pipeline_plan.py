@@ -1,14 +1,19 @@
 """The pipeline's plan and its checks: refused before anything runs, run names, placeholders."""
 
-import pytest
+import json
 
-from helpers import compose_train
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from helpers import DATA_DIR, compose_train
+from lmdisc.cli import CONF_DIR
 from lmdisc.cli.reproduce import reproduce
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce import Pipeline
-from lmdisc.reproduce import stages as stages_module
+from lmdisc.reproduce.grid import GridJob, GridLauncher, grid_device, pins_device, plan_launch
 from lmdisc.reproduce.pipeline import check_grid
-from lmdisc.reproduce.stages import Stage, run_stages
+from lmdisc.reproduce.stages import Stage
 
 GRID = {"arms": {"ce": ["loss=ce"]}, "lrs": [0.3, 1.0], "seeds": [1, 2], "overrides": []}
 
@@ -86,10 +91,100 @@ def test_reproduce_refuses_bad_options_before_running_a_stage(tmp_path, override
     assert not (tmp_path / "run" / "base").exists()
 
 
-def test_the_grid_reports_how_many_runs_are_finished_and_the_time_left(tmp_path, monkeypatch):
-    stages = [Stage(f"run{i}", "train", [], tmp_path / f"run{i}") for i in range(3)]
-    monkeypatch.setattr(stages_module, "_run_stage", lambda stage, log, jobs: ({"name": stage.name}, True))
-    lines = []
-    assert run_stages(stages, jobs=2, log=lines.append) == [{"name": f"run{i}"} for i in range(3)]
-    assert lines[0].startswith("[grid] 1/3 finished, ~0 min left (0.0 min a run, 2 at a time)")
-    assert lines[-1] == "[grid] 3/3 finished"
+def _compose_with_hydra(tmp_path, overrides: list[str]):
+    """reproduce.py's config with its Hydra settings (the launcher), as the app sees them."""
+    base = [
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.data_dir={DATA_DIR}",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("reproduce", overrides=base + overrides, return_hydra_config=True)
+
+
+def test_jobs_over_a_local_machine_or_a_cluster_are_refused_before_a_stage_runs(tmp_path):
+    cfg = _compose_with_hydra(tmp_path, ["jobs=2", "hydra/launcher=submitit_slurm"])
+    with pytest.raises(LmdiscError, match=r"jobs=2 splits one machine.*array_parallelism"):
+        reproduce(cfg)
+    cfg = _compose_with_hydra(tmp_path, ["jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"])
+    with pytest.raises(LmdiscError, match=r"jobs=2 and hydra\.launcher\.n_jobs=3 disagree"):
+        reproduce(cfg)
+    assert not (tmp_path / "run" / "base").exists()
+    with pytest.raises(LmdiscError, match=r"needs reproduce\.py's Hydra settings"):
+        reproduce(compose_train(tmp_path, [], "reproduce"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "added", "share", "at_once"),
+    [
+        ([], [], 1, 1),
+        (["jobs=4"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"], 4, 4),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], ["hydra.launcher.n_jobs=3"], 3, 3),
+        (["hydra/launcher=joblib", "jobs=2"], ["hydra.launcher.n_jobs=2"], 2, 2),
+        (["hydra/launcher=parallel"], ["hydra.launcher.n_jobs=2"], 2, 2),  # conf/hydra/launcher/parallel.yaml
+        (["hydra/launcher=submitit_slurm", "hydra.launcher.array_parallelism=2"], [], 1, 2),
+        (["hydra/launcher=slurm"], [], 1, 16),  # conf/hydra/launcher/slurm.yaml
+    ],
+)
+def test_the_launch_plan_says_how_many_runs_share_the_machine(tmp_path, overrides, added, share, at_once):
+    cfg = _compose_with_hydra(tmp_path, overrides)
+    assert plan_launch(cfg.hydra, cfg.jobs)[:3] == (added, share, at_once)
+
+
+def test_a_slurm_launcher_is_made_for_one_device_a_run_with_its_files_under_the_pipeline(tmp_path):
+    cfg = _compose_with_hydra(tmp_path, ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    grid = GridLauncher(cfg.hydra, cfg.jobs, tmp_path / "run")
+    launcher = OmegaConf.to_container(grid.master.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"]) == (1, 1, 1)
+    assert launcher["submitit_folder"] == f"{tmp_path / 'run' / 'launcher'}/.submitit/%j"
+    assert OmegaConf.to_container(grid.master.hydra.sweep)["subdir"] == "${grid_run}"  # named per run
+
+
+@pytest.mark.parametrize(
+    ("job", "gpus", "expected"),
+    [
+        (0, 0, []),
+        (5, 0, []),
+        (0, 1, ["trainer.accelerator=gpu", "trainer.devices=[0]"]),
+        (3, 1, ["trainer.accelerator=gpu", "trainer.devices=[0]"]),
+        (0, 4, ["trainer.accelerator=gpu", "trainer.devices=[0]"]),
+        (5, 4, ["trainer.accelerator=gpu", "trainer.devices=[1]"]),
+        (7, 4, ["trainer.accelerator=gpu", "trainer.devices=[3]"]),
+        (8, 4, ["trainer.accelerator=gpu", "trainer.devices=[0]"]),
+    ],
+)
+def test_grid_job_k_runs_on_gpu_k_mod_the_gpus_present(job, gpus, expected):
+    assert grid_device(job, gpus) == expected
+
+
+def test_a_pinned_device_is_left_as_given():
+    assert not pins_device(
+        ["paths.data_dir=/d", "trainer.accelerator=gpu", "trainer.enable_progress_bar=false"]
+    )
+    assert pins_device(["trainer.accelerator=cpu"])
+    assert pins_device(["trainer.accelerator=gpu", "trainer.devices=[2]"])
+    assert pins_device(["+trainer.devices=2"])
+    assert pins_device(["trainer=cpu"]) and pins_device(["trainer=ddp"]) and not pins_device(["trainer=gpu"])
+
+
+def test_the_grid_reports_how_many_runs_are_finished_and_the_time_left(tmp_path):
+    stages = {f"run{i}": Stage(f"run{i}", "train", [], tmp_path / f"run{i}") for i in range(4)}
+    job = GridJob(stages, share=2, at_once=2, progress_dir=tmp_path / "progress")
+    job.progress_dir.mkdir()
+    assert job.progress_line() == "[grid] 0/4 finished"
+    (job.progress_dir / "run0.json").write_text(json.dumps({"seconds": None}))  # reused: not timed
+    assert job.progress_line() == "[grid] 1/4 finished"
+    (job.progress_dir / "run1.json").write_text(json.dumps({"seconds": 600.0}))
+    (job.progress_dir / "run2.json").write_text(json.dumps({"seconds": 1200.0}))
+    (job.progress_dir / "other.json").write_text(json.dumps({"seconds": 1.0}))  # not in this grid
+    assert job.progress_line() == "[grid] 3/4 finished, ~8 min left (15.0 min a run, 2 at a time)"
+    (job.progress_dir / "run3.json").write_text(json.dumps({"seconds": 60.0}))
+    assert job.progress_line() == "[grid] 4/4 finished"
+
+
+def test_a_launcher_config_that_does_not_resolve_is_refused_before_a_stage_runs(tmp_path):
+    cfg = _compose_with_hydra(tmp_path, ["hydra/launcher=slurm", "~trainer.devices"])  # slurm.yaml reads it
+    with pytest.raises(LmdiscError, match=r"\(hydra\.launcher\) does not resolve.*trainer\.devices"):
+        reproduce(cfg)
+    assert not (tmp_path / "run" / "base").exists()

@@ -1,4 +1,9 @@
-"""`python reproduce.py experiment=reproduce_ptb_small`: the whole rkl_disc pipeline, then results.md."""
+"""`python reproduce.py experiment=reproduce_ptb_small`: the whole rkl_disc pipeline, then results.md.
+
+The base, its evaluation and the discriminator run one after another; the fine-tuning grid runs
+through Hydra's configured launcher (`hydra/launcher=parallel` or `joblib`, `slurm` or
+`submitit_slurm`; `jobs=N` for N at a time on this machine), see `lmdisc.reproduce.grid`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce import Pipeline, write_report
+from lmdisc.reproduce.grid import GridLauncher, hydra_settings
 
 from . import CONF_DIR
+from .common import run_main
 
 
 def _device_overrides(device) -> list[str]:
@@ -28,6 +35,9 @@ def _device_overrides(device) -> list[str]:
 
 
 def reproduce(cfg: DictConfig) -> Path:
+    """Run (or, with report_only, only report) the pipeline `cfg` describes. `cfg` is reproduce.py's
+    config; the grid's launcher comes from its Hydra settings (the app's, or a `hydra` node composed
+    with return_hydra_config=True)."""
     if cfg.get("pipeline") is None:
         raise LmdiscError("reproduce.py needs a pipeline: python reproduce.py experiment=reproduce_ptb_small")
     if isinstance(cfg.jobs, bool) or not isinstance(cfg.jobs, int) or cfg.jobs < 1:
@@ -37,7 +47,11 @@ def reproduce(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.paths.output_dir)
     shared = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.data_dir={cfg.paths.data_dir}"]
     pipeline = Pipeline(pipeline_cfg, out_dir, shared)
-    results = pipeline.results_so_far() if cfg.get("report_only") else pipeline.run(jobs=cfg.jobs)
+    if cfg.get("report_only"):
+        results = pipeline.results_so_far()
+    else:
+        run_grid = GridLauncher(hydra_settings(cfg), cfg.jobs, out_dir)  # checked before anything runs
+        results = pipeline.run(run_grid)
     command = shlex.join(["python", "reproduce.py", *sys.argv[1:]])  # quoted so it can be pasted back
     path = write_report(results, out_dir, pipeline_cfg["title"], command)
     print(path.read_text(encoding="utf-8"))
@@ -47,7 +61,7 @@ def reproduce(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="reproduce")
 def main(cfg: DictConfig) -> None:
-    reproduce(cfg)
+    run_main(reproduce, cfg)
 
 
 if __name__ == "__main__":

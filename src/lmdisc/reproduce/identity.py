@@ -1,23 +1,61 @@
 """What a pipeline stage computes, as a value that can be recorded and compared across runs.
 
-Two override lists that Hydra would turn into the same run must give the same identity, or a
-finished stage is needlessly run again: keys are unordered (Hydra applies key overrides after
-composing, whatever their order), the last value of a key wins, `+`/`++` prefixes are dropped,
-numbers are compared as numbers (1 == 1.0), and a checkpoint is compared by its contents (so
-the same file spelled another way, or a pipeline directory moved elsewhere, still matches).
+A stage's identity is its entry point's config as Hydra composes and resolves it from the stage's
+overrides (so an edited conf/experiment/*.yaml or group default counts, while two spellings of
+the same overrides, in any order, with `+`/`++` or `1` for `1.0`, do not), flattened to dotted
+keys, with:
+- each input checkpoint (INPUT_KEYS) replaced by the sha256 of its contents, before resolving, so
+  that values interpolated from it (rkl_disc's reference_ckpt) follow: the same file spelled
+  another way, or a pipeline directory moved elsewhere, still matches; a re-trained one does not;
+- `paths.*` and the interpolations that read the machine or the clock (`${now:}`, `${hydra:}`,
+  `${oc.env:}`, `${lmdisc.cwd:}`) replaced by fixed placeholders before resolving, so values built
+  from them (data.path, checkpoint directories) do not depend on where or when it runs;
+- the keys in IGNORED_KEYS dropped: they say where a stage runs or how it shows its progress,
+  not what it computes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import fnmatch
 import functools
 import hashlib
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobRuntime
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
 from lmdisc.errors import LmdiscError
 
-# overrides naming a checkpoint a stage reads: compared by the file's sha256, not its path
-INPUT_KEYS = frozenset({"init_from", "ckpt", "lm_ckpt", "disc_ckpt", "loss.discriminator_ckpt"})
-_NULLS = ("", "null", "None")
+# the Hydra config each entry point composes
+CONFIG_NAMES = {"train": "train", "train_disc": "train_disc", "eval": "eval"}
+# keys naming a checkpoint a stage reads: compared by the file's sha256, not its path
+INPUT_KEYS = ("init_from", "ckpt", "lm_ckpt", "disc_ckpt", "loss.discriminator_ckpt")
+# keys (fnmatch patterns over dotted keys, `*` spans dots; a pattern also covers the keys under
+# it) that do not change what a stage computes
+IGNORED_KEYS = (
+    "paths",  # where corpora, caches and outputs are: the machine, not the computation
+    "hydra",  # Hydra's own settings (run directory, search path, logging)
+    "task_name",  # names the run's log directory and W&B run
+    "logger",  # where metrics are logged (CSV, W&B), not their values
+    "callbacks.*progress*",  # the progress bar or text progress lines
+    "callbacks.*.dirpath",  # where checkpoints are written (the stage's own directory)
+    "trainer.accelerator",  # which device: the grid spreads its runs over the GPUs present
+    "trainer.devices",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.default_root_dir",
+    "ckpt_path",  # resuming an interrupted run of the same stage
+    "metrics_file",  # eval.py: where its metrics.json is written
+    "device",  # eval.py: which device
+)
+# resolvers whose value depends on the machine, the directory or the clock
+_VOLATILE_RESOLVERS = ("now", "hydra", "oc.env", "lmdisc.cwd")
+_NULLS = (None, "", "null", "None")
 
 
 @functools.cache
@@ -33,36 +71,89 @@ def file_sha256(path: str | Path) -> str:
     return _file_sha256(str(resolved), info.st_size, info.st_mtime_ns)
 
 
-def _value(key: str, value: str) -> str:
-    if key in INPUT_KEYS and value not in _NULLS:
-        if not Path(value).is_file():
-            raise LmdiscError(
-                f"{key}={value}: no such checkpoint (a stage's input must exist before it runs)"
-            )
-        return "sha256:" + file_sha256(value)
+@contextlib.contextmanager
+def fresh_global_hydra(config_dir: str):
+    """Hydra's compose API in a global state of its own, the caller's put back after: reproduce.py
+    runs inside its own Hydra app (GlobalHydra initialised, refusing a second initialisation), and a
+    stage must be composed as its entry point alone would compose it."""
+    global_hydra = GlobalHydra.instance()
+    saved_hydra, saved_runtime = global_hydra.hydra, copy.deepcopy(JobRuntime.instance().conf)
+    global_hydra.clear()
     try:
-        return format(float(value), ".15g")
-    except ValueError:
-        return value
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().hydra = saved_hydra
+        JobRuntime.instance().conf = saved_runtime
 
 
-def override_identity(overrides: list[str]) -> dict[str, str | None]:
-    """key -> normalised value (None for a `~key` deletion), sorted by key."""
-    identity: dict[str, str | None] = {}
-    for override in overrides:
-        if override.startswith("~"):
-            identity[override[1:].partition("=")[0]] = None
-            continue
-        key, _, value = override.lstrip("+").partition("=")
-        identity[key] = _value(key, value)
-    return dict(sorted(identity.items()))
+def _freeze_volatile(text: str) -> str:
+    """`${now:%H}` -> `<now>` (and the other volatile resolvers), nested braces included."""
+    for name in _VOLATILE_RESOLVERS:
+        opening = "${" + name + ":"
+        while (start := text.find(opening)) >= 0:
+            depth, end = 0, start + 1
+            for end in range(start + 1, len(text)):  # from the opening brace to its match
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            text = text[:start] + f"<{name}>" + text[end + 1 :]
+    return text
+
+
+def _freeze(node):
+    if isinstance(node, dict):
+        return {key: _freeze(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_freeze(value) for value in node]
+    return _freeze_volatile(node) if isinstance(node, str) else node
+
+
+def _checkpoint_identity(key: str, value) -> str:
+    if not Path(str(value)).is_file():
+        raise LmdiscError(f"{key}={value}: no such checkpoint (a stage's input must exist before it runs)")
+    return "sha256:" + file_sha256(value)
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def is_ignored(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(key, p + ".*") for p in IGNORED_KEYS)
+
+
+def resolved_identity(entry: str, overrides: list[str], config_dir: str) -> dict:
+    """The flat, resolved config of `entry` (train, train_disc, eval) under `overrides`, minus
+    IGNORED_KEYS, with input checkpoints as sha256 and no machine- or clock-dependent values."""
+    try:
+        with fresh_global_hydra(config_dir):
+            cfg = compose(CONFIG_NAMES[entry], overrides=list(overrides))
+    except HydraException as err:
+        raise LmdiscError(f"{entry} with {list(overrides)} does not compose: {err}") from None
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw["paths"] = {key: f"<paths.{key}>" for key in raw.get("paths") or {}}
+    raw = _freeze(raw)
+    frozen = OmegaConf.create(raw)
+    for key in INPUT_KEYS:
+        value = OmegaConf.select(frozen, key, default=None, throw_on_resolution_failure=False)
+        if value not in _NULLS:
+            OmegaConf.update(frozen, key, _checkpoint_identity(key, value), merge=False)
+    resolved = OmegaConf.to_container(frozen, resolve=True)
+    flat = _flatten(resolved)
+    return {key: flat[key] for key in sorted(flat) if not is_ignored(key)}
 
 
 def describe_change(old: dict, new: dict) -> str:
     """How two identities differ, for the log: `+key=value`, `-key=value`, `key: a -> b`."""
 
     def shown(value) -> str:
-        return "<deleted>" if value is None else ("<checkpoint>" if value.startswith("sha256:") else value)
+        return "<checkpoint>" if str(value).startswith("sha256:") else str(value)
 
     changes = []
     for key in sorted(old.keys() | new.keys()):

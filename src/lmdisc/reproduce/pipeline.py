@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from lmdisc.errors import LmdiscError
 
-from .stages import Stage, only_pipeline_in, run_stage, run_stages
+from .stages import Stage, only_pipeline_in, run_stage
+
+# runs the fine-tuning grid's stages (`grid.GridLauncher`, through Hydra's launcher)
+GridRunner = Callable[[list[Stage]], None]
 
 
 def lr_label(lr: float) -> str:
@@ -63,7 +66,8 @@ class Pipeline:
 
     @property
     def _where(self) -> list[str]:
-        """Where the training stages run: not part of what they compute."""
+        """Where the training stages run (paths, `device`), passed after their overrides: their keys
+        that only say where are left out of a stage's identity (`identity.IGNORED_KEYS`)."""
         return [*self.shared, *self.cfg["device"]]
 
     @staticmethod
@@ -127,12 +131,13 @@ class Pipeline:
                     stages.append(Stage(name, "train", overrides, out_dir, meta, where=self._where))
         return stages
 
-    def run(self, jobs: int = 1, log=print) -> dict:
-        """Every stage in order; returns what the report needs."""
+    def run(self, run_grid: GridRunner, log=print) -> dict:
+        """The base, its evaluation and the discriminator here, one after another; then the grid
+        through `run_grid`. Returns what the report needs."""
         with only_pipeline_in(self.out_dir):
-            return self._run(jobs, log)
+            return self._run(run_grid, log)
 
-    def _run(self, jobs: int, log) -> dict:
+    def _run(self, run_grid: GridRunner, log) -> dict:
         base = self.base_stage()
         if base is not None:
             run_stage(base, log)
@@ -141,7 +146,7 @@ class Pipeline:
         run_stage(evaluation, log)
         run_stage(disc, log)
         stages = self.finetune_stages(base_ckpt, disc.output_checkpoint())
-        run_stages(stages, jobs, log)
+        run_grid(stages)
         return self._results(base, base_ckpt, evaluation, disc, stages, len(stages))
 
     def results_so_far(self) -> dict:

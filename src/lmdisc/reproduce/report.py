@@ -1,12 +1,12 @@
 """results.md and plots of a reproduce pipeline: every arm at its best learning rate by validation.
 
 Means and standard deviations are over seeds (sample std, n-1). The per-bucket numbers are on the
-test split; "change" is relative to the base model the arms were fine-tuned from.
+test split; "change" is relative to the base model the arms were fine-tuned from. The validation
+curves and the moved mass come from each run's logs: CSV, else its W&B run's (`run_logs.py`).
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import statistics
 from collections import defaultdict
@@ -15,7 +15,8 @@ from pathlib import Path
 from lmdisc.analysis.plotting import headless_pyplot, save_figure
 from lmdisc.io import atomic_write_json, atomic_write_text
 
-from .stages import csv_log_versions, stage_record
+from .run_logs import metric_rows
+from .stages import stage_record
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -30,28 +31,10 @@ def _pm(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _step(row: dict) -> int | None:
-    try:
-        return int(row["step"])
-    except (KeyError, TypeError, ValueError):  # a row cut short when a run was killed
-        return None
-
-
 @functools.cache
-def _csv_rows(run_dir: str) -> list[dict]:
-    """A run's CSV log, read once (the curves and the moved mass both need it). A resumed run logs
-    to the next csv/version_N; from the step it resumed at (stage.json), its rows replace the
-    earlier ones, which came from the part of the interrupted run after its last checkpoint."""
-    resumed_at = stage_record(run_dir).get("resumed_at", {})
-    rows: list[dict] = []
-    for version, log_dir in csv_log_versions(run_dir):
-        if not (log_dir / "metrics.csv").is_file():
-            continue
-        with open(log_dir / "metrics.csv", encoding="utf-8") as handle:
-            later = [r for r in csv.DictReader(handle) if _step(r) is not None]
-        cut = resumed_at.get(str(version), min((_step(r) for r in later), default=None))
-        rows = [r for r in rows if cut is None or _step(r) < cut] + later
-    return rows
+def _rows(run_dir: str) -> list[dict]:
+    """A run's logged rows (CSV, else W&B), read once: the curves and the moved mass both need them."""
+    return metric_rows(run_dir, stage_record(run_dir).get("resumed_at", {}))
 
 
 def _tokens_per_s(runs: list[dict]) -> str:
@@ -61,15 +44,15 @@ def _tokens_per_s(runs: list[dict]) -> str:
 
 
 def val_curve(run_dir: str) -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r["val/ppl"])) for r in _csv_rows(run_dir) if r.get("val/ppl")]
+    return [(r["step"], float(r["val/ppl"])) for r in _rows(str(run_dir)) if "val/ppl" in r]
 
 
 def mass_moved(run_dir: str) -> dict[str, float]:
     """Training average of each logged train/rkl/mass_moved/<bucket> (empty for arms without rkl)."""
     sums: dict[str, list[float]] = defaultdict(list)
-    for row in _csv_rows(run_dir):
+    for row in _rows(str(run_dir)):
         for key, value in row.items():
-            if key.startswith("train/rkl/mass_moved/") and value:
+            if key.startswith("train/rkl/mass_moved/"):
                 sums[key.rsplit("/", 1)[1]].append(float(value))
     return {bucket: statistics.fmean(v) for bucket, v in sums.items()}
 
@@ -157,7 +140,7 @@ def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
 
 def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path:
     """Write results.md, results.json and the two plots into `out_dir`; returns results.md."""
-    _csv_rows.cache_clear()  # read the logs as they are now, once each
+    _rows.cache_clear()  # read the logs as they are now, once each
     out_dir = Path(out_dir)
     base, disc, runs = results["base"], results["discriminator"], results["runs"]
     best = best_by_validation(runs)
@@ -214,7 +197,7 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
     lines += ["", "(tokens/s: measured while `jobs` runs shared the machine.)"]
     lines += _contribution(best)
     lines += ["", "## Test PPL per frequency bucket (best lr)", "", *_bucket_table(base, best)]
-    lines += _mass_section(best)
+    lines += _mass_section(best, [row["bucket"] for row in base["buckets"]["test"]])
     change = plot_bucket_change(base, best, out_dir / "bucket_logprob_change.png")
     curves = plot_val_curves(base, best, out_dir / "val_curves.png")
     lines += [
@@ -272,12 +255,14 @@ def _contribution(best: dict[str, dict]) -> list[str]:
     ]
 
 
-def _mass_section(best: dict[str, dict]) -> list[str]:
+def _mass_section(best: dict[str, dict], bucket_order: list[str]) -> list[str]:
+    """`bucket_order`: the base's buckets, rarest first (a W&B log's keys come in no set order)."""
     moved = {arm: [mass_moved(r["dir"]) for r in info["runs"]] for arm, info in best.items()}
     moved = {arm: runs for arm, runs in moved.items() if all(runs)}
     if not moved:
         return []
-    buckets = list(next(iter(moved.values()))[0])
+    rank = {bucket: i for i, bucket in enumerate(bucket_order)}
+    buckets = sorted(next(iter(moved.values()))[0], key=lambda b: (rank.get(b, len(rank)), b))
     lines = [
         "",
         "## Probability mass moved per bucket during fine-tuning (Σ over the bucket of q_θ − q_0, training average)",

@@ -1,10 +1,11 @@
 """The pipeline's stages, each an ordinary `train.py` / `train_disc.py` / `eval.py` run in its own
-directory and process. Before a stage runs, its stage.json records what it computes (its
-overrides' identity, see `identity.py`). A stage whose metrics.json exists and whose record
-matches is done and reused, so re-running the same command resumes an interrupted pipeline; an
-interrupted training stage with a matching record goes on from its last.ckpt (the last finished
-epoch). A stage whose record differs is run again, its old directory moved aside rather than
-deleted. Where a stage runs (`where`: paths, device) is not part of the record.
+directory and process (so a stage never inherits the pipeline's Hydra state, whatever launched
+it). Before a stage runs, its stage.json records what it computes (its resolved identity, see
+`identity.py`). A stage whose metrics.json exists and whose record matches is done and reused, so
+re-running the same command resumes an interrupted pipeline; an interrupted training stage with
+a matching record goes on from its last.ckpt (the last finished epoch). A stage whose record
+differs is run again, its old directory moved aside rather than deleted. A record written before
+resolved identities is trusted as it is, and the log says so.
 """
 
 from __future__ import annotations
@@ -16,39 +17,34 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmdisc.checkpoint import load_checkpoint
+from lmdisc.cli import CONF_DIR
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 
-from .identity import describe_change, override_identity
+from .identity import describe_change, resolved_identity
+from .run_logs import next_log_index
 
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
+IDENTITY_KEY = "resolved_identity"
 
 
-def stage_record(out_dir: Path) -> dict:
-    """A stage's stage.json: its overrides as given, their `identity` and, for a training stage,
-    the step each resumed run started at, by CSV log version ({} before its first run)."""
+def stage_record(out_dir: str | Path) -> dict:
+    """A stage's stage.json: its overrides as given, its `resolved_identity` and, for a training
+    stage, the step each resumed run started at, by log index ({} before its first run)."""
     path = Path(out_dir) / "stage.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def csv_log_versions(out_dir: Path) -> list[tuple[int, Path]]:
-    """(N, directory) of each csv/version_N a run's CSV logger wrote, in order."""
-    found = Path(out_dir).glob("csv/version_*")
-    return sorted((int(p.name[8:]), p) for p in found if p.name[8:].isdigit())
-
-
 @dataclass
 class Stage:
-    """One run of an entry point. `overrides` say what it computes (recorded and compared);
-    `where` says where it runs (paths, device, output files), passed after them, never compared."""
+    """One run of an entry point. `overrides` say what it computes; `where` says where it runs
+    (paths, device, output files), passed after them. Both are composed into its identity, from
+    which the keys that do not change what it computes are dropped (`identity.IGNORED_KEYS`)."""
 
     name: str
     entry: str
@@ -56,6 +52,7 @@ class Stage:
     out_dir: Path
     meta: dict = field(default_factory=dict)
     where: list[str] = field(default_factory=list)
+    _identities: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def metrics_file(self) -> Path:
@@ -77,7 +74,11 @@ class Stage:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
     def identity(self) -> dict:
-        return override_identity(self.overrides)
+        """Composed once per spelling of the overrides (a stage is checked several times a run)."""
+        key = (tuple(self.overrides), tuple(self.where))
+        if key not in self._identities:
+            self._identities[key] = resolved_identity(self.entry, [*self.overrides, *self.where], CONF_DIR)
+        return self._identities[key]
 
     def output_checkpoint(self) -> str:
         """The checkpoint a finished stage reports in its metrics.json, found in the stage's own
@@ -88,21 +89,22 @@ class Stage:
 
     @property
     def matches_record(self) -> bool:
-        """Its directory ran as this stage would (or predates identity records, so is trusted)."""
-        return self.predates_records or self.record_change() is None
+        """Its directory ran as this stage would (or predates resolved identities, so is trusted)."""
+        return self.predates_identity or self.record_change() is None
 
     @property
     def finished_as_planned(self) -> bool:
         return self.done and self.matches_record
 
     @property
-    def predates_records(self) -> bool:
-        """A directory written before stages recorded an identity: trusted as it is (and logged so)."""
-        return "identity" not in stage_record(self.out_dir)
+    def predates_identity(self) -> bool:
+        """A directory written before stages recorded a resolved identity (none, or one made of
+        override strings): trusted as it is, and logged so."""
+        return IDENTITY_KEY not in stage_record(self.out_dir)
 
     def record_change(self) -> str | None:
         """None if the recorded identity is this stage's, else how it differs (for the log)."""
-        recorded = stage_record(self.out_dir).get("identity")
+        recorded = stage_record(self.out_dir).get(IDENTITY_KEY)
         identity = self.identity()
         return None if recorded == identity else describe_change(recorded or {}, identity)
 
@@ -115,12 +117,16 @@ class Stage:
 
     def write_record(self, resume: Path | None) -> None:
         """Before a run starts: its identity, and if it resumes, the checkpoint's step under the
-        CSV version it will log to (the report drops the earlier logs from there on)."""
+        log index it will log to (the report drops the earlier logs from there on)."""
         resumed_at = stage_record(self.out_dir).get("resumed_at", {}) if resume else {}
         if resume:
-            next_version = max((n for n, _ in csv_log_versions(self.out_dir)), default=-1) + 1
-            resumed_at[str(next_version)] = load_checkpoint(resume)["global_step"]
-        record = {"overrides": list(self.overrides), "identity": self.identity(), "resumed_at": resumed_at}
+            resumed_at[str(next_log_index(self.out_dir))] = load_checkpoint(resume)["global_step"]
+        record = {
+            "overrides": list(self.overrides),
+            "where": list(self.where),
+            IDENTITY_KEY: self.identity(),
+            "resumed_at": resumed_at,
+        }
         atomic_write_json(record, self.record_file)
 
     def command(self, resume: Path | None = None) -> list[str]:
@@ -135,36 +141,47 @@ class Stage:
         ]
 
 
-def _stage_env(jobs: int) -> dict[str, str]:
-    """Split the CPU threads between the stages that run at once (else each takes them all)."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM or container allotment), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def stage_env(share: int) -> dict[str, str]:
+    """Split the CPU threads between the `share` stages that run at once on this machine (else
+    each takes them all); a thread count the user (or joblib's worker) set is kept."""
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // max(share, 1))))
     return env
 
 
 def _reusable(stage: Stage, log) -> bool:
-    """A finished stage is reused if it ran as this one would, or if it predates records."""
+    """A finished stage is reused if it ran as this one would, or if it predates identities."""
     if not stage.done:
         return False
-    if stage.predates_records:
-        log(f"[skip] {stage.name}: {stage.metrics_file} exists (written before stage records: not checked)")
+    if stage.predates_identity:
+        log(
+            f"[skip] {stage.name}: {stage.metrics_file} exists (its stage.json predates resolved identities: not checked)"
+        )
         return True
     change = stage.record_change()
     if change is None:
         log(f"[skip] {stage.name}: {stage.metrics_file} exists")
         return True
-    log(f"[again] {stage.name}: it finished with other overrides or inputs ({change})")
+    log(f"[again] {stage.name}: it finished with another config or inputs ({change})")
     return False
 
 
 def _unfinished(stage: Stage) -> str:
     """Why a run in a stage's directory is not reused or resumed, for the log."""
     if stage.done:
-        return "a finished run with other overrides or inputs"
+        return "a finished run with another config or inputs"
     if stage.entry == "train" and not stage.last_checkpoint.is_file():
         return "an unfinished run with no finished epoch"
     if stage.entry == "train":
-        return f"an unfinished run with other overrides or inputs ({stage.record_change()})"
+        return f"an unfinished run with another config or inputs ({stage.record_change()})"
     return "an unfinished run"
 
 
@@ -181,18 +198,19 @@ def _set_aside(stage: Stage, log) -> None:
         log(f"[clear] {stage.name}: {stage.out_dir} held {why}; running it again")
 
 
-def run_stage(stage: Stage, log=print, jobs: int = 1) -> dict:
+def run_stage(stage: Stage, log=print, share: int = 1) -> dict:
     """Run one stage (or reuse it, see `_reusable`); its output goes to out_dir/stage.log."""
-    return _run_stage(stage, log, jobs)[0]
+    return timed_run_stage(stage, log, share)[0]
 
 
-def _run_stage(stage: Stage, log, jobs: int) -> tuple[dict, bool]:
-    """`run_stage`, also saying whether the stage ran (False: reused)."""
+def timed_run_stage(stage: Stage, log=print, share: int = 1) -> tuple[dict, float | None]:
+    """`run_stage`, also saying how long the stage ran (None: reused). `share`: how many stages
+    run at once on this machine, which split its CPU threads."""
     if _reusable(stage, log):
-        return stage.metrics(), False
+        return stage.metrics(), None
     resume = None if stage.done else stage.resume_checkpoint
-    if resume is not None and stage.predates_records:
-        log(f"[resume] {stage.name}: its stage.json predates identity records: not checked")
+    if resume is not None and stage.predates_identity:
+        log(f"[resume] {stage.name}: its stage.json predates resolved identities: not checked")
     if resume is None and stage.out_dir.exists():
         _set_aside(stage, log)
     stage.out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,49 +220,15 @@ def _run_stage(stage: Stage, log, jobs: int) -> tuple[dict, bool]:
     log(f"       progress: {stage.out_dir / 'stage.log'}")
     start = time.perf_counter()
     with open(stage.out_dir / "stage.log", "a" if resume else "w", encoding="utf-8") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=_stage_env(jobs))
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=stage_env(share))
     if code != 0 or not stage.done:
         tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise LmdiscError(
             f"stage {stage.name} failed (exit {code}); end of {stage.out_dir / 'stage.log'}:\n{tail}"
         )
-    log(f"[done] {stage.name} in {time.perf_counter() - start:.0f} s")
-    return stage.metrics(), True
-
-
-class _GridProgress:
-    """After each stage: how many of the grid are finished and, from the runs timed so far, about
-    how long the rest will take at `jobs` at a time."""
-
-    def __init__(self, total: int, jobs: int, log):
-        self.total, self.jobs, self.log = total, max(jobs, 1), log
-        self.finished, self.run_seconds = 0, []
-        self.lock = threading.Lock()
-
-    def run(self, stage: Stage) -> dict:
-        start = time.monotonic()
-        metrics, ran = _run_stage(stage, self.log, self.jobs)
-        with self.lock:
-            self.finished += 1
-            if ran:  # a resumed run is timed too: the estimate errs low until fresh runs come in
-                self.run_seconds.append(time.monotonic() - start)
-            left = self.total - self.finished
-            line = f"[grid] {self.finished}/{self.total} finished"
-            if self.run_seconds and left:
-                mean = sum(self.run_seconds) / len(self.run_seconds)
-                line += f", ~{mean * left / self.jobs / 60:.0f} min left ({mean / 60:.1f} min a run, {self.jobs} at a time)"
-            self.log(line)
-        return metrics
-
-
-def run_stages(stages: Sequence[Stage], jobs: int = 1, log=print) -> list[dict]:
-    """Run independent stages, `jobs` at a time; the first failure is raised after all finish."""
-    progress = _GridProgress(len(stages), jobs, log)
-    if jobs <= 1:
-        return [progress.run(s) for s in stages]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(progress.run, s) for s in stages]
-        return [f.result() for f in futures]
+    seconds = time.perf_counter() - start
+    log(f"[done] {stage.name} in {seconds:.0f} s")
+    return stage.metrics(), seconds
 
 
 @contextlib.contextmanager
