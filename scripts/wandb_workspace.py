@@ -5,8 +5,7 @@ online W&B account to save it). Nothing else in lmdisc depends on it.
     python scripts/wandb_workspace.py --entity ME --project lmdisc --save   # create it in W&B
 
 Panels (README, "Dashboards"): validation perplexity grouped by loss, the rKL estimate and its parts,
-tokens/s and the gradient norm, the sampled-text table, and the figures: frequency buckets of
-each run and, for reproduce pipelines, the mass moved per frequency bucket.
+tokens/s and the gradient norm, the sampled-text table, and each run's frequency-bucket figure.
 """
 
 from __future__ import annotations
@@ -47,9 +46,10 @@ def build_workspace(entity: str, project: str, name: str = "lmdisc") -> ws.Works
                 name="Words by training frequency",
                 panels=[
                     wr.MediaBrowser(title="frequency buckets", media_keys=["eval/buckets"]),
-                    wr.MediaBrowser(
-                        title="mass moved per bucket (pipelines)",
-                        media_keys=["pipeline/bucket_logprob_change"],
+                    wr.LinePlot(
+                        title="mass moved per frequency bucket (rkl_disc)",
+                        x=STEP,
+                        metric_regex="train/rkl/mass_moved/.*",
                     ),
                 ],
             ),
