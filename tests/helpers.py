@@ -37,15 +37,18 @@ def write_slice(src: Path, dst: Path, lines: dict[str, int]) -> Path:
     return dst
 
 
-def compose_train(tmp_path: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
-    """Compose the real config as the CLI would, with this test's output directory."""
+def compose_train(
+    tmp_path: Path, overrides: list[str], config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose the real config as the CLI would, with this test's output directory (and with its
+    Hydra settings, e.g. the launcher, when `return_hydra_config`)."""
     base = [
         f"paths.root_dir={tmp_path}",
         f"paths.output_dir={tmp_path / 'run'}",
         f"paths.data_dir={DATA_DIR}",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=base + overrides)
+        cfg = compose(config_name, overrides=base + overrides, return_hydra_config=return_hydra_config)
     return cfg
 
 

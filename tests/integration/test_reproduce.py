@@ -8,10 +8,8 @@ import shutil
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
-from helpers import DATA_DIR, compose_train
-from lmdisc.cli import CONF_DIR
+from helpers import compose_train
 from lmdisc.cli.reproduce import reproduce
 from lmdisc.cli.train import train
 from lmdisc.errors import LmdiscError
@@ -29,13 +27,7 @@ def _quoted(items: list[str]) -> str:
 
 def _compose_reproduce(tmp_path, overrides: list[str]):
     """reproduce.py's config as its app sees it: with its Hydra settings (the grid's launcher)."""
-    base = [
-        f"paths.root_dir={tmp_path}",
-        f"paths.output_dir={tmp_path / 'run'}",
-        f"paths.data_dir={DATA_DIR}",
-    ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("reproduce", overrides=base + overrides, return_hydra_config=True)
+    return compose_train(tmp_path, overrides, "reproduce", return_hydra_config=True)
 
 
 def _pipeline_overrides(corpus, seeds: str = "[1,2]", jobs: int = 2) -> list[str]:

@@ -3,11 +3,9 @@
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from helpers import DATA_DIR, compose_train
-from lmdisc.cli import CONF_DIR
+from helpers import compose_train
 from lmdisc.cli.reproduce import reproduce
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce import Pipeline
@@ -92,14 +90,8 @@ def test_reproduce_refuses_bad_options_before_running_a_stage(tmp_path, override
 
 
 def _compose_with_hydra(tmp_path, overrides: list[str]):
-    """reproduce.py's config with its Hydra settings (the launcher), as the app sees them."""
-    base = [
-        f"paths.root_dir={tmp_path}",
-        f"paths.output_dir={tmp_path / 'run'}",
-        f"paths.data_dir={DATA_DIR}",
-    ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("reproduce", overrides=base + overrides, return_hydra_config=True)
+    """reproduce.py's config as its app sees it: with its Hydra settings (the grid's launcher)."""
+    return compose_train(tmp_path, overrides, "reproduce", return_hydra_config=True)
 
 
 def test_jobs_over_a_local_machine_or_a_cluster_are_refused_before_a_stage_runs(tmp_path):
