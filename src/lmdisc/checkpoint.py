@@ -130,13 +130,48 @@ def load_lm_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Mo
 
 
 def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate the checkpoint's architecture from its stored config and load its weights."""
+    """Instantiate the checkpoint's architecture from its stored config and load its weights (a
+    LoRA checkpoint: its base, the adapters on it, merged)."""
     meta = ckpt["lmdisc"]
     config = meta.get("config") or {}
     if "model" not in config:
         raise LmdiscError("checkpoint has no model config (lmdisc.config.model); cannot rebuild it")
+    if (meta.get("finetune") or {}).get("mode") == "lora":
+        return _build_lora_model(ckpt)
     model = build_lm(config["model"], checkpoint_tokenizer(ckpt), meta.get("hf_config"))
     return load_lm_weights(model, ckpt)
+
+
+def _build_lora_model(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """A LoRA checkpoint holds the adapters alone: rebuild its base from where it came from (the
+    init_from checkpoint, or the pretrained model's directory), check the base's weights are the
+    ones it was trained on, attach and load the adapters, and merge them into the weights."""
+    from lmdisc.finetune import attach_lora, merge_lora
+
+    meta = ckpt["lmdisc"]
+    finetune = meta["finetune"]
+    base = finetune.get("base") or {}
+    if base.get("init_from"):
+        model = build_model(load_lm_checkpoint(base["init_from"], "the LoRA base"))
+        source = base["init_from"]
+    else:
+        model = build_lm(meta["config"]["model"], checkpoint_tokenizer(ckpt))
+        source = base.get("pretrained")
+    found = weights_sha256(model.state_dict())
+    if base.get("sha256") and found != base["sha256"]:
+        raise LmdiscError(
+            f"this LoRA checkpoint's adapters were trained on other base weights than {source} holds now "
+            f"(sha256 {base['sha256'][:12]}… recorded, {found[:12]}… found): restore that base"
+        )
+    attach_lora(model, finetune["lora"])
+    state = {k[len(MODEL_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "lora_" in k]
+    if missing or unexpected:
+        raise LmdiscError(
+            f"the LoRA checkpoint's adapters do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return merge_lora(model)
 
 
 def load_discriminator(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -43,7 +43,7 @@ def gpt_to_gpt2(model: GPT):
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,
         layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True,
+        tie_word_embeddings=model.lm_head is None,  # untied by finetune.mode=head / last_n
         bos_token_id=None,
         eos_token_id=None,
     )
@@ -52,7 +52,7 @@ def gpt_to_gpt2(model: GPT):
     for name, tensor in model.state_dict().items():
         if name == "wte.extra":
             continue
-        key = f"transformer.{name}"
+        key = name if name == "lm_head.weight" else f"transformer.{name}"
         state[key] = tensor.t().contiguous() if name.endswith(_CONV1D) else tensor
     target = hf.state_dict()
     if not c.bias:  # GPT-2 always has biases: ours are zero
@@ -60,14 +60,18 @@ def gpt_to_gpt2(model: GPT):
             {k: torch.zeros_like(v) for k, v in target.items() if k.endswith(".bias") and k not in state}
         )
     missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = model.lm_head is None
     missing = [
-        k for k in missing if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))
+        k
+        for k in missing
+        if not (tied and k == "lm_head.weight") and not k.endswith((".attn.bias", ".attn.masked_bias"))
     ]
     if missing or unexpected:
         raise LmdiscError(
             f"the GPT-2 mapping is incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    hf.tie_weights()
+    if tied:
+        hf.tie_weights()
     return hf
 
 

@@ -57,6 +57,13 @@ def whole_number(key: str, minimum: int = 1, nullable: bool = False) -> Rule:
 RULES: tuple[Rule, ...] = (
     Rule("seed", _integer, "an integer"),
     positive_finite("optim.optimizer.lr"),
+    Rule(
+        "optim.layer_decay",
+        lambda v: _number(v) and 0 < v <= 1,
+        "a number in (0, 1] (1: every layer at optim.optimizer.lr)",
+    ),
+    whole_number("finetune.n"),
+    whole_number("finetune.unfreeze_every_n_epochs", minimum=0),
     # the loss terms' weights: 0 switches a term off
     non_negative_finite("loss.alpha", "0 switches the perplexity term off"),
     non_negative_finite("loss.lam", "0 switches the reverse-KL term off"),
@@ -71,11 +78,19 @@ RULES: tuple[Rule, ...] = (
     whole_number("data.eval_batch_size"),
     whole_number("data.bptt"),
     whole_number("data.block_size", nullable=True),
+    # data noising: the chance that each training input is replaced (1 would leave no input at all)
+    Rule(
+        "data.noise_gamma",
+        lambda v: _number(v) and math.isfinite(v) and 0 <= v < 1,
+        "a number in [0, 1) (the chance that each training input is replaced)",
+    ),
     whole_number("ce_chunk_size", nullable=True),
     whole_number("discriminator.k"),
     whole_number("max_new_tokens"),
     whole_number("num_samples"),
     whole_number("jobs"),
+    # eval.py's features: -1 is the final hidden state, k >= 0 block k's output
+    whole_number("features_layer", minimum=-1),
 )
 
 

@@ -2,6 +2,7 @@
 
 from .bounded_checkpoint import BoundedCheckpoint
 from .disc_refresh import DiscriminatorRefresh
+from .gradual_unfreezing import GradualUnfreezing
 from .nt_asgd import NTASGD
 from .optuna_pruning import OptunaPruning
 from .text_progress import TextProgressBar
@@ -11,6 +12,7 @@ __all__ = [
     "NTASGD",
     "BoundedCheckpoint",
     "DiscriminatorRefresh",
+    "GradualUnfreezing",
     "OptunaPruning",
     "TextProgressBar",
     "WandbSamples",

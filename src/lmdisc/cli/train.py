@@ -9,11 +9,11 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from lmdisc.allocator import keep_freed_memory
-from lmdisc.callbacks import DiscriminatorRefresh
+from lmdisc.callbacks import DiscriminatorRefresh, GradualUnfreezing
 from lmdisc.checkpoint import (
     AtomicCheckpointIO,
     build_model,
@@ -22,6 +22,7 @@ from lmdisc.checkpoint import (
     load_checkpoint,
     load_lm_checkpoint,
     load_lm_weights,
+    weights_sha256,
 )
 from lmdisc.config import instantiate
 from lmdisc.data.tokenizers import same_tokenizer_or_refuse
@@ -29,6 +30,7 @@ from lmdisc.distributed import use_job_dir_for_ddp_children
 from lmdisc.environment import environment
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
+from lmdisc.finetune import plan_finetune
 from lmdisc.io import atomic_write_json
 from lmdisc.models.build import build_lm
 from lmdisc.models.hf import HFCausalLM
@@ -69,6 +71,14 @@ def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config
         )
     if init_ckpt is not None:
         load_lm_weights(model, init_ckpt)
+    plan = plan_finetune(
+        model,
+        OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") else None,
+        pretrained=init_ckpt is not None or isinstance(model, HFCausalLM),
+        base=_finetune_base(cfg, model),
+    )
+    run_config["model"] = {**run_config["model"], **plan.config_changes}
+    rank_zero_info(plan.describe())
     protocol = datamodule.bind_model(model, training=True)
     scheduler = cfg.scheduler.get("scheduler")
     return LanguageModel(
@@ -83,6 +93,30 @@ def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config
         checkpoint_meta=checkpoint_meta(model, tokenizer, run_config),
         carry_state=protocol.carries_state,
         ce_chunk_size=cfg.get("ce_chunk_size"),
+        finetune_plan=plan,
+        layer_decay=float(cfg.optim.get("layer_decay") or 1.0),
+    )
+
+
+def _finetune_base(cfg: DictConfig, model) -> dict | None:
+    """Where a LoRA run's base weights come from (its checkpoints store the adapters alone): the
+    init_from checkpoint, else the pretrained model's directory, with the weights' fingerprint."""
+    if (cfg.get("finetune") or {}).get("mode") != "lora":
+        return None
+    base = {"sha256": weights_sha256(model.state_dict())}
+    if cfg.get("init_from"):
+        return {**base, "init_from": str(Path(cfg.init_from).resolve())}
+    return {**base, "pretrained": str(cfg.model.get("name_or_path"))}
+
+
+def _effective_batch(datamodule, trainer: L.Trainer) -> str:
+    """Sequences and tokens per optimiser step, gradient accumulation and processes included."""
+    window = datamodule.bptt if datamodule.protocol.carries_state else datamodule.block_size
+    accumulate = trainer.accumulate_grad_batches
+    sequences = datamodule.batch_size * accumulate * trainer.world_size
+    return (
+        f"effective batch: {datamodule.batch_size} sequences x {accumulate} accumulated x {trainer.world_size} "
+        f"processes = {sequences} sequences of {window} tokens ({sequences * window:,} tokens) per optimiser step"
     )
 
 
@@ -115,6 +149,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # rebuild the loader each epoch so Lightning's batch count matches it
     reload = datamodule.variable_bptt or not datamodule.protocol.carries_state
     callbacks = instantiate_callbacks(cfg, bool(loggers))
+    if module.finetune_plan.unfreeze_every_n_epochs:
+        callbacks.append(GradualUnfreezing(module.finetune_plan.unfreeze_every_n_epochs))
     if cfg.loss.get("refresh_every_n_epochs"):
         callbacks.append(
             DiscriminatorRefresh(
@@ -128,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
         **({"reload_dataloaders_every_n_epochs": 1} if reload else {}),
     )
+    rank_zero_info(_effective_batch(datamodule, trainer))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.perf_counter() - start
@@ -144,6 +181,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "detokenize": datamodule.spec.detokenize,
         "protocol": datamodule.protocol.describe(),
         "parameters": sum(p.numel() for p in module.model.parameters()),
+        "trainable_parameters": module.finetune_plan.trainable,
+        "finetune_mode": module.finetune_plan.mode,
         "environment": env,
     }
     if cfg.get("evaluate", True) and trainer.is_global_zero:

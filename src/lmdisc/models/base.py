@@ -71,6 +71,25 @@ class LanguageModelBase(nn.Module):
         cross-entropy be computed in chunks without all logits at once; None otherwise."""
         return None
 
+    def blocks(self) -> list[nn.Module]:
+        """The model's stacked layers, input side first (a transformer's blocks), for fine-tuning the
+        last n, layer-wise learning rates, gradual unfreezing and reading a layer's features; a
+        model without such a stack (an LSTM) returns []."""
+        return []
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The output layer's parameters and any norm between the last block and it (the "head" that
+        `finetune.mode=head` trains); [] when the model does not say."""
+        return []
+
+    def untie_output(self) -> dict:
+        """Give the output layer its own copy of a weight it shares with the input embedding, so the
+        head trains alone; returns the model-config changes that rebuild it untied ({} if it was not
+        tied). Models that cannot untie refuse."""
+        from lmdisc.errors import LmdiscError
+
+        raise LmdiscError(f"{type(self).__name__} cannot untie its output layer from its embedding")
+
     def parameter_groups(self) -> list[dict]:
         """Decay (matrices of linear maps) and no-decay (biases, norms, embeddings) parameter groups
         for the optimiser; the no-decay group sets weight_decay 0, the other keeps the optimiser's."""

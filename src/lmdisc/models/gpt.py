@@ -32,6 +32,7 @@ class GPTConfig:
     bias: bool = True  # GPT-2 has biases in every linear layer and LayerNorm
     input_only_tokens: int = 0  # ids read but never predicted (a word tokenizer's <blank>)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    tie_weights: bool = True  # output layer = token embedding (GPT-2); false: its own (finetune.mode=head)
 
 
 class CausalSelfAttention(nn.Module):
@@ -98,6 +99,7 @@ class GPT(LanguageModelBase):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = None if config.tie_weights else nn.Linear(config.n_embd, vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):  # the residual projections: GPT-2's scaled init
@@ -127,8 +129,25 @@ class GPT(LanguageModelBase):
                 x = block(x)
         return self.ln_f(x), None, {}
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.h)
+
     def decode(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.wte.weight)  # tied to the token embedding
+        return F.linear(features, self.output_layer()[0])
 
     def output_layer(self):
-        return self.wte.weight, None
+        return (self.wte.weight if self.lm_head is None else self.lm_head.weight), None
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.ln_f.parameters(), self.output_layer()[0]]
+
+    def untie_output(self) -> dict:
+        """A separate output layer starting from the embedding's values (the same logits)."""
+        if self.lm_head is not None:
+            return {}
+        self.lm_head = nn.Linear(self.config.n_embd, self.vocab_size, bias=False)
+        self.lm_head.to(self.wte.weight.device)
+        with torch.no_grad():
+            self.lm_head.weight.copy_(self.wte.weight)
+        self.config.tie_weights = False
+        return {"tie_weights": False}

@@ -65,14 +65,45 @@ def local_snapshot(repo_id: str, local_only: bool) -> str:
         raise LmdiscError(f"cannot download {repo_id}: {str(err).splitlines()[0][:200]}") from None
 
 
-def load_pretrained(name_or_path: str, allow_download: bool = False):
-    """`AutoModelForCausalLM` in fp32 (precision is the trainer's business), or a clear error."""
+# the dropout settings transformers' architectures read from their config
+DROPOUT_KEYS = (
+    "dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
+
+
+def dropout_overrides(config, dropout: float | None) -> dict:
+    """`model.dropout=p` for a transformers model: every dropout setting its config has, set to p."""
+    if dropout is None:
+        return {}
+    if not 0 <= float(dropout) < 1:
+        raise LmdiscError(f"model.dropout must be in [0, 1), got {dropout!r}")
+    keys = [k for k in DROPOUT_KEYS if hasattr(config, k)]
+    if not keys:
+        raise LmdiscError(f"{type(config).__name__} has no dropout setting to override (model.dropout)")
+    return dict.fromkeys(keys, float(dropout))
+
+
+def load_pretrained(name_or_path: str, allow_download: bool = False, dropout: float | None = None):
+    """`AutoModelForCausalLM` in fp32 (precision is the trainer's business), or a clear error;
+    `dropout` overrides every dropout setting of its config."""
     transformers = _transformers()
     source, local_only = resolve_model_source(name_or_path, allow_download)
     try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
+        for key, value in dropout_overrides(config, dropout).items():
+            setattr(config, key, value)
         return transformers.AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=local_only, dtype=torch.float32
+            source, config=config, local_files_only=local_only, dtype=torch.float32
         )
+    except LmdiscError:
+        raise
     except Exception as err:  # OSError (files), ValueError (an unknown architecture), ...
         if local_only and not Path(source).is_dir():
             raise LmdiscError(
@@ -99,9 +130,11 @@ class HFCausalLM(LanguageModelBase):
         activation_checkpointing: bool = False,
         pretrained: str | None = None,
         hf_config: dict | None = None,
+        dropout: float | None = None,
     ):
         """`pretrained` names a model of `lmdisc.models.pretrained` that is converted into
-        `name_or_path` on first use; `hf_config` rebuilds a checkpoint's architecture without weights."""
+        `name_or_path` on first use; `hf_config` rebuilds a checkpoint's architecture without weights
+        (its dropout included); `dropout` overrides the pretrained config's dropout settings."""
         super().__init__()
         transformers = _transformers()
         if pretrained and hf_config is None:
@@ -116,7 +149,7 @@ class HFCausalLM(LanguageModelBase):
                 raise LmdiscError(
                     "model=hf needs model.name_or_path (a local directory or, with downloads, a hub id)"
                 )
-            self.hf = load_pretrained(name_or_path, allow_download)
+            self.hf = load_pretrained(name_or_path, allow_download, dropout)
         self.hf.train()  # from_pretrained returns it in eval mode; a new module trains (dropout on)
         config = self.hf.config
         if input_only_tokens:
@@ -139,6 +172,39 @@ class HFCausalLM(LanguageModelBase):
     def config_dict(self) -> dict:
         """The architecture as primitives (stored in our checkpoints, so they rebuild without the source)."""
         return self.hf.config.to_dict()
+
+    def blocks(self) -> list[torch.nn.Module]:
+        """The decoder layers (Llama's `model.layers`, GPT-2's `transformer.h`, ...): the first
+        ModuleList of the body with one entry per hidden layer."""
+        depth = getattr(self.hf.config, "num_hidden_layers", None) or getattr(self.hf.config, "n_layer", None)
+        for module in self.hf.base_model.modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) == depth:
+                return list(module)
+        return []
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """The output layer plus the body's own parameters outside its embeddings and layers (the
+        final norm: Llama's `model.norm`, GPT-2's `transformer.ln_f`)."""
+        layers = {id(block) for block in self.blocks()}
+        params = [*self.hf.get_output_embeddings().parameters()]
+        for child in self.hf.base_model.children():
+            inside = any(id(m) in layers for m in child.modules())
+            if not inside and not isinstance(child, torch.nn.Embedding):
+                params.extend(child.parameters())
+        return params
+
+    def untie_output(self) -> dict:
+        """A separate output weight starting from the embedding's values; the config says so, so
+        the checkpoint's architecture (`config_dict`) rebuilds it untied."""
+        head = self.hf.get_output_embeddings()
+        if head.weight is not self.hf.get_input_embeddings().weight:
+            return {}
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        self.hf.config.tie_word_embeddings = False
+        text_config = getattr(self.hf.config, "get_text_config", lambda: None)()
+        if text_config is not None:
+            text_config.tie_word_embeddings = False
+        return {}
 
     def features(self, tokens: torch.Tensor, state: State = None):
         if not self.linear_head:

@@ -54,5 +54,14 @@ class LSTMLanguageModel(LanguageModelBase):
     def output_layer(self):
         return self.decoder.weight, self.decoder.bias
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.decoder.parameters())
+
+    def untie_output(self) -> dict:
+        if self.decoder.weight is not self.embedding.weight:
+            return {}
+        self.decoder.weight = nn.Parameter(self.decoder.weight.detach().clone())
+        return {"tie_weights": False}
+
     def parameter_groups(self) -> list[dict]:
         return self.single_parameter_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from lmdisc.data.window import Window
 from lmdisc.errors import LmdiscError
+from lmdisc.finetune import FinetunePlan, lora_state, optimizer_groups
 from lmdisc.losses.base import BatchContext, Loss
 from lmdisc.metrics import SplitMetrics, TokenNLL
 from lmdisc.models.base import LanguageModelBase
@@ -46,6 +48,8 @@ class LanguageModel(L.LightningModule):
         checkpoint_meta: dict | None = None,
         carry_state: bool | None = None,
         ce_chunk_size: int | None = None,
+        finetune_plan: FinetunePlan | None = None,
+        layer_decay: float = 1.0,
     ):
         super().__init__()
         self.model = model
@@ -57,6 +61,10 @@ class LanguageModel(L.LightningModule):
         self.bptt = bptt
         self.scale_lr_by_window = scale_lr_by_window
         self.checkpoint_meta = checkpoint_meta or {}
+        self.finetune_plan = finetune_plan
+        self.layer_decay = layer_decay
+        # a LoRA run's checkpoints hold the adapters alone: resuming loads them into the base
+        self.strict_loading = not (finetune_plan is not None and finetune_plan.adapters_only)
         carry = model.carries_state if carry_state is None else carry_state
         self.readers = {stage: Reader(model, carry) for stage in ("train", *EVAL_STAGES)}
         self.chunk_size = ce_chunk_size or 0
@@ -219,11 +227,21 @@ class LanguageModel(L.LightningModule):
 
     # ---- optimisation and checkpoints -----------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.model.parameter_groups())
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        layers = self.finetune_plan.layers if self.finetune_plan is not None else None
+        groups = (
+            optimizer_groups(self.model, self.layer_decay, lr, layers)
+            if self.layer_decay != 1
+            else self.model.parameter_groups()
+        )
+        optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return optimizer
+        extra = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            extra["total_steps"] = int(self.trainer.estimated_stepping_batches)  # optimiser steps of the run
         scheduler = {
-            "scheduler": self.scheduler_factory(optimizer),
+            "scheduler": self.scheduler_factory(optimizer, **extra),
             "interval": self.scheduler_interval,
             "monitor": self.scheduler_monitor,
         }
@@ -231,6 +249,11 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmdisc"] = {"kind": "lm", **self.checkpoint_meta}
+        plan = self.finetune_plan
+        if plan is not None and plan.mode != "full":
+            checkpoint["lmdisc"]["finetune"] = plan.meta
+        if plan is not None and plan.adapters_only:  # the base is rebuilt from where it came from
+            checkpoint["state_dict"] = lora_state(checkpoint["state_dict"])
         run_ids = [logger.version for logger in wandb_loggers(self.loggers) if logger.version]
         if run_ids:  # ckpt_path= resumes this W&B run (lmdisc.wandb_tracking)
             checkpoint["lmdisc"]["wandb_run_id"] = str(run_ids[0])
