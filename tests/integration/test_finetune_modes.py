@@ -145,3 +145,23 @@ def test_hf_dropout_override_reaches_the_model(tmp_path, tiny_hf_models):
     model = HFCausalLM(vocab_size=10, name_or_path=str(tiny_hf_models["gpt2"]), dropout=0.3)
     assert model.hf.config.resid_pdrop == model.hf.config.embd_pdrop == model.hf.config.attn_pdrop == 0.3
     assert {m.p for m in model.hf.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+
+
+def test_untied_head_of_a_transformers_model_rebuilds_from_its_checkpoint(
+    tmp_path, tiny_corpus, tiny_hf_models
+):
+    overrides = [
+        *hf_overrides(tiny_corpus, tiny_hf_models["llama"]),
+        "finetune.mode=head",
+        "trainer.max_steps=2",
+        "trainer.max_epochs=1",
+        "optim.optimizer.lr=0.05",
+    ]
+    metrics, ckpts = _run(tmp_path, overrides)
+    model = build_model(load_checkpoint(ckpts / "last.ckpt")).eval()
+    head, embedding = model.hf.get_output_embeddings().weight, model.hf.get_input_embeddings().weight
+    assert head is not embedding and not torch.equal(head, embedding)  # the head trained alone
+    base = HFCausalLM(vocab_size=model.vocab_size, name_or_path=str(tiny_hf_models["llama"]))
+    assert torch.equal(embedding, base.hf.get_input_embeddings().weight)
+    # 32 x vocabulary output layer + the final RMSNorm's 32
+    assert metrics["trainable_parameters"] == head.numel() + 32
