@@ -31,6 +31,9 @@ def run_label(config: dict) -> str:
     label = loss.get("name") or "+".join(loss.get("terms", {})) or "?"
     if "alpha" in loss:
         label += f" (alpha={loss['alpha']:g})"
+    optimizer = str(((config.get("optim") or {}).get("optimizer") or {}).get("_target_", ""))
+    if optimizer:  # CE vs CE + alpha*PPL is compared under SGD and under AdamW
+        label += f" [{optimizer.rsplit('.', 1)[-1]}]"
     return label
 
 
