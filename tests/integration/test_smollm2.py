@@ -97,3 +97,38 @@ def test_a_directory_that_is_not_a_conversion_is_never_replaced(tmp_path):
     with pytest.raises(LmdiscError, match="exists and is not a conversion of ours"):
         ensure_pretrained("smollm2_135m", target)
     assert (target / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("mode", ["head", "last_n", "lora"])
+def test_each_finetune_mode_trains_smollm2(smollm2_dir, ptb_dir, tmp_path, mode):
+    from lmdisc.cli.train import train
+
+    small = write_slice(ptb_dir, tmp_path / "ptb", {"train": 40, "valid": 10, "test": 10})
+    overrides = [
+        "model=smollm2_135m",
+        f"model.name_or_path={smollm2_dir}",
+        "data=text",
+        f"data.path={small}",
+        "data.block_size=32",
+        "data.batch_size=2",
+        "optim=adamw",
+        f"finetune.mode={mode}",
+        "finetune.n=1",
+        "trainer.accelerator=cpu",
+        "trainer.precision=bf16-mixed",
+        "trainer.fast_dev_run=true",
+        "callbacks.progress_bar=null",
+        "trainer.enable_model_summary=false",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert metrics["global_step"] == 1 and metrics["parameters"] >= 134_515_008
+    head = 49_152 * 576 + 576  # the untied output layer and the final RMSNorm
+    # one Llama block of SmolLM2: attention 576 -> 576 (q, o) and 576 -> 192 (k, v), MLP 576 <-> 1536 (x3), 2 norms
+    block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
+    expected = {"head": head, "last_n": head + block}
+    if mode == "lora":  # r=8 on the 7 Linear modules of 30 blocks
+        assert metrics["trainable_parameters"] == 30 * 8 * (
+            2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536)
+        )
+    else:
+        assert metrics["trainable_parameters"] == expected[mode]
