@@ -70,6 +70,15 @@ def test_untied_head_checkpoint_rebuilds(tmp_path, gpt_run, tiny_corpus, mode):
     assert metrics["trainable_parameters"] < metrics["parameters"]
     assert "test/word_ppl" in metrics
     export_checkpoint(ckpt, tmp_path / "export")  # GPT-2 with an untied head gives our logits
+    # a run that starts from it (fully) keeps the head untied, and its checkpoint rebuilds
+    again = [
+        *gpt_overrides(tiny_corpus),
+        f"init_from={ckpts / 'last.ckpt'}",
+        "trainer.max_steps=1",
+        "trainer.max_epochs=1",
+    ]
+    _, ckpts2 = _run(tmp_path / "again", again)
+    assert build_model(load_checkpoint(ckpts2 / "last.ckpt")).lm_head is not None
 
 
 LOSSES = {
@@ -165,3 +174,33 @@ def test_untied_head_of_a_transformers_model_rebuilds_from_its_checkpoint(
     assert torch.equal(embedding, base.hf.get_input_embeddings().weight)
     # 32 x vocabulary output layer + the final RMSNorm's 32
     assert metrics["trainable_parameters"] == head.numel() + 32
+
+
+@pytest.mark.parametrize("encoder", ["freq_class", "lm_frozen"])
+def test_the_paper_pipeline_on_a_lora_base(tmp_path, tiny_corpus, tiny_hf_models, encoder):
+    """q_0 fine-tuned with LoRA (adapters-only checkpoint) -> a discriminator of it -> rkl_disc
+    from it with fresh adapters: the study's chain, on a tiny Llama."""
+    from helpers import disc_overrides
+    from lmdisc.cli.train_disc import train_discriminator
+
+    hf = hf_overrides(tiny_corpus, tiny_hf_models["llama"])
+    _, ckpts = _run(
+        tmp_path / "base", [*hf, "finetune.mode=lora", "trainer.max_steps=2", "trainer.max_epochs=1"]
+    )
+    base = ckpts / "last.ckpt"
+    disc = train_discriminator(
+        compose_train(
+            tmp_path / "disc",
+            [*disc_overrides(base, encoder), "trainer.max_epochs=1", "trainer.limit_train_batches=2"],
+            "train_disc",
+        )
+    )
+    overrides = [
+        *hf,
+        f"init_from={base}",
+        "loss=rkl_disc",
+        f"loss.discriminator_ckpt={disc['checkpoint']}",
+        "finetune.mode=lora",
+        "trainer.fast_dev_run=true",
+    ]
+    assert train(compose_train(tmp_path / "rkl", overrides))["global_step"] == 1

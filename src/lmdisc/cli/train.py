@@ -63,13 +63,18 @@ def build_datamodule(cfg: DictConfig):
 
 def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config: dict) -> LanguageModel:
     tokenizer = datamodule.tokenizer
-    model = build_lm(cfg.model, tokenizer)
+    finetuned = (init_ckpt or {}).get("lmdisc", {}).get("finetune") or {}
+    # a LoRA checkpoint holds adapters alone: its base with the adapters merged is the start
+    model = build_model(init_ckpt) if finetuned.get("mode") == "lora" else build_lm(cfg.model, tokenizer)
     if cfg.data.get("tokenizer") == "hf" and not isinstance(model, HFCausalLM):
         raise LmdiscError(
             f"data.tokenizer=hf is a pretrained model's own tokenizer, for model=hf; {type(model).__name__} is "
             "trained here: use data.tokenizer=word or bpe (data.tokenizer_from=DIR borrows another tokenizer)"
         )
-    if init_ckpt is not None:
+    untied = {}
+    if init_ckpt is not None and finetuned.get("mode") != "lora":
+        if finetuned.get("untied_head"):  # its output layer has weights of its own
+            untied = model.untie_output()
         load_lm_weights(model, init_ckpt)
     plan = plan_finetune(
         model,
@@ -77,7 +82,9 @@ def build_module(cfg: DictConfig, datamodule, init_ckpt: dict | None, run_config
         pretrained=init_ckpt is not None or isinstance(model, HFCausalLM),
         base=_finetune_base(cfg, model),
     )
-    run_config["model"] = {**run_config["model"], **plan.config_changes}
+    if finetuned.get("untied_head"):
+        plan.meta["untied_head"] = True  # and so do the checkpoints of this run
+    run_config["model"] = {**run_config["model"], **untied, **plan.config_changes}
     rank_zero_info(plan.describe())
     protocol = datamodule.bind_model(model, training=True)
     scheduler = cfg.scheduler.get("scheduler")

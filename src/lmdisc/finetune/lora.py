@@ -73,4 +73,3 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.get_base_layer())
     return model
-

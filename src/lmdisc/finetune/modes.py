@@ -47,6 +47,14 @@ class FinetunePlan:
         )
 
 
+def _output_tied(model: nn.Module) -> bool:
+    """Whether the output layer's weight is an input embedding's."""
+    layer = model.output_layer() if hasattr(model, "output_layer") else None
+    if layer is None:
+        return False
+    return any(m.weight is layer[0] for m in model.modules() if isinstance(m, nn.Embedding))
+
+
 def _count(params) -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
@@ -74,9 +82,10 @@ def plan_finetune(
             "finetune.unfreeze_every_n_epochs thaws layers; with finetune.mode=lora only adapters train"
         )
     changes: dict = {}
-    if mode in ("head", "last_n") or every:
-        changes = model.untie_output()
     meta: dict = {"mode": mode}
+    if (mode in ("head", "last_n") or every) and _output_tied(model):
+        changes = model.untie_output()
+        meta["untied_head"] = True  # a run that starts from this checkpoint unties its model too
     if mode == "lora":
         targets = attach_lora(model, options.get("lora") or {})
         lora = dict(options.get("lora") or {})
