@@ -250,7 +250,7 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmdisc"] = {"kind": "lm", **self.checkpoint_meta}
         plan = self.finetune_plan
-        if plan is not None and plan.mode != "full":
+        if plan is not None and (plan.mode != "full" or plan.meta.get("untied_head")):
             checkpoint["lmdisc"]["finetune"] = plan.meta
         if plan is not None and plan.adapters_only:  # the base is rebuilt from where it came from
             checkpoint["state_dict"] = lora_state(checkpoint["state_dict"])
