@@ -61,6 +61,19 @@ def atomic_write_json(obj: object, path: Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
+def atomic_savez(arrays: dict, path: Path) -> Path:
+    """numpy arrays as one .npz (written through a file object: numpy then adds no ".npz" to the
+    temporary name)."""
+    import numpy as np
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    _atomic_write(Path(path), save)
+    return Path(path)
+
+
 def atomic_savefig(fig, path: Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG via a temporary file, then close it."""
     path = Path(path)

@@ -1,6 +1,8 @@
 """`python eval.py ckpt=PATH [data=...]`: val/test perplexity (token- and word-level) of a checkpoint,
-or of a pretrained model zero-shot (`eval.py model=smollm2_135m data=wikitext2`), by the protocol
-that fits the model; `score_file=FILE` scores any text instead."""
+or of a pretrained model zero-shot (`eval.py model=smollm2_135m data=wikitext2`), or of an ensemble
+(`"ensemble=[a.ckpt,b.ckpt]"`, `lmdisc.ensemble`), by the protocol that fits the model;
+`score_file=FILE` scores any text instead, and `features_file=FILE` writes its hidden states
+(`lmdisc.features`)."""
 
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ from lmdisc.allocator import keep_freed_memory
 from lmdisc.checkpoint import build_model, checkpoint_tokenizer, datamodule_for_checkpoint, load_lm_checkpoint
 from lmdisc.config import instantiate
 from lmdisc.data.protocols import BlockProtocol, choose_protocol
+from lmdisc.ensemble import evaluate_ensemble, load_ensemble_and_data, print_members, scoring_ensemble
 from lmdisc.errors import LmdiscError
 from lmdisc.evaluation import evaluate_splits
+from lmdisc.features import extract_features, read_text_lines, write_features
 from lmdisc.io import atomic_write_json
 from lmdisc.memory import check_evaluation_fits
 from lmdisc.models.build import build_lm
 from lmdisc.scoring import score_file
+from lmdisc.validation import validate
 
 from . import CONF_DIR
 from .common import is_pretrained, prepare_model_files, pretrained_model, report_results, run_main
@@ -73,10 +78,24 @@ def load_model_and_data(cfg: DictConfig):
     return model, datamodule, str(cfg.model.get("name_or_path") or cfg.model._target_)
 
 
+def _protocol(data: dict, model):
+    return choose_protocol(
+        data.get("protocol", "auto"),
+        model,
+        data.get("bptt", 35),
+        False,
+        data.get("block_size", 256),
+        data.get("eval_stride"),
+    )
+
+
 def scoring_setup(cfg: DictConfig):
-    """(model, tokenizer, protocol) for `score_file`, reading no corpus: a checkpoint brings its
-    tokenizer and windows (its recorded data config, or `data=`); a pretrained model its own
-    tokenizer and a sliding window of `data.block_size` (default: its context, at most 1024)."""
+    """(model, tokenizer, protocol) for `score_file`, reading no corpus: a checkpoint (or an ensemble)
+    brings its tokenizer and windows (its recorded data config, or `data=`); a pretrained model its
+    own tokenizer and a sliding window of `data.block_size` (default: its context, at most 1024)."""
+    if cfg.get("ensemble"):
+        model, tokenizer, data = scoring_ensemble(cfg)
+        return model, tokenizer, _protocol(data, model)
     if cfg.get("ckpt"):
         ckpt = load_lm_checkpoint(cfg.ckpt)
         model = build_model(ckpt)
@@ -86,15 +105,7 @@ def scoring_setup(cfg: DictConfig):
             if given
             else ckpt["lmdisc"]["config"].get("data") or {}
         )
-        protocol = choose_protocol(
-            data.get("protocol", "auto"),
-            model,
-            data.get("bptt", 35),
-            False,
-            data.get("block_size", 256),
-            data.get("eval_stride"),
-        )
-        return model, checkpoint_tokenizer(ckpt), protocol
+        return model, checkpoint_tokenizer(ckpt), _protocol(data, model)
     model, tokenizer = pretrained_model(cfg, "score_file")
     block = cfg.data.get("block_size") or min(model.max_positions or 1024, 1024)
     return model, tokenizer, BlockProtocol(block, cfg.data.get("eval_stride"))
@@ -119,22 +130,67 @@ def score(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def features(cfg: DictConfig) -> dict[str, Any]:
+    """`features_file=FILE features_out=OUT.npz`: hidden states per line (and per token) of a
+    checkpoint or a pretrained model."""
+    if cfg.get("ensemble"):
+        raise LmdiscError("features_file reads one model: pass ckpt= (or model=), not ensemble=")
+    if not cfg.get("features_out"):
+        raise LmdiscError("features_file needs features_out=FILE.npz (where to write the features)")
+    lines = read_text_lines(cfg.features_file)
+    if cfg.get("ckpt"):
+        ckpt = load_lm_checkpoint(cfg.ckpt)
+        model, tokenizer, name = build_model(ckpt), checkpoint_tokenizer(ckpt), str(cfg.ckpt)
+    else:
+        model, tokenizer = pretrained_model(cfg, "features_file")
+        name = str(cfg.model.get("name_or_path"))
+    device = resolve_device(cfg.get("device", "auto"))
+    model = model.to(device)
+    layer, per_token = cfg.get("features_layer", -1), bool(cfg.get("features_per_token", False))
+    with autocast(device, cfg.get("precision", "32-true")):
+        arrays = extract_features(model, tokenizer, lines, layer, per_token, device)
+    out = write_features(arrays, Path(cfg.features_out))
+    shape = arrays["features"].shape
+    print(
+        f"{cfg.features_file}: {shape[0]:,} lines, {shape[1]} features each (layer {layer}, "
+        f"{'mean-pooled and per token' if per_token else 'mean-pooled'}), {int(arrays['unknown_words']):,} "
+        f"unknown words; wrote {out}"
+    )
+    return {"model": name, "features_out": str(out), "lines": shape[0], "size": shape[1], "layer": layer}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    if cfg.get("ensemble") and cfg.get("ckpt"):
+        raise LmdiscError("pass either ckpt=PATH or ensemble=[PATH,...], not both")
+    if cfg.get("features_file"):
+        return features(cfg)
     if cfg.get("score_file"):
         return score(cfg)
-    model, datamodule, name = load_model_and_data(cfg)
     device = resolve_device(cfg.get("device", "auto"))
-    model = model.to(device).eval()
-    protocol = datamodule.bind_model(model)
     splits = list(cfg.get("splits") or ())
     if not splits or set(splits) - {"valid", "test"}:
         raise LmdiscError(f"splits must name valid and/or test, got {splits}")
+    extra: dict[str, Any] = {}
+    if cfg.get("ensemble"):
+        model, datamodule, paths, fit = load_ensemble_and_data(cfg)
+        name = f"ensemble of {len(paths)}"
+    else:
+        model, datamodule, name = load_model_and_data(cfg)
+    model = model.to(device).eval()
+    protocol = datamodule.bind_model(model)
     check_evaluation_fits(datamodule, model.vocab_size, device, splits)
     with autocast(device, cfg.get("precision", "32-true")):
-        results = evaluate_splits(model, datamodule, device, splits=splits)
+        if cfg.get("ensemble"):
+            results, choice = evaluate_ensemble(model, datamodule, device, splits, fit, paths)
+            print_members(results, model.weights)
+            extra = {"ensemble": paths, "weights": model.weights, "weights_choice": choice}
+        else:
+            results = evaluate_splits(model, datamodule, device, splits=splits)
     out = Path(cfg.get("metrics_file") or Path(cfg.paths.output_dir) / "metrics.json")
     metrics = {
         "checkpoint" if cfg.get("ckpt") else "model": name,
+        **extra,
         "corpus": str(datamodule.corpus_dir),
         "tokenizer": datamodule.tokenizer.describe(),
         "protocol": protocol.describe(),
