@@ -1,8 +1,10 @@
-"""`python reproduce.py experiment=reproduce_ptb_small`: the whole rkl_disc pipeline, then results.md.
+"""`python reproduce.py experiment=reproduce_ptb_small`: the whole rkl_disc pipeline, then results.md
+(also `experiment=smollm2_wt2_transfer`, `gpt_wt2_to_ptb`, `reproduce_smollm2_ptb`, `reproduce_smollm2_wt2`).
 
-The base, its evaluation and the discriminator run one after another; the fine-tuning grid runs
-through Hydra's configured launcher (`hydra/launcher=parallel` or `joblib`, `slurm` or
-`submitit_slurm`; `jobs=N` for N at a time on this machine), see `lmdisc.reproduce.grid`.
+The slices, the base, its evaluation and the discriminator(s) run one after another; the fine-tuning
+grid runs through Hydra's configured launcher (`hydra/launcher=parallel` or `joblib`, `slurm` or
+`submitit_slurm`; `jobs=N` for N at a time on this machine), see `lmdisc.reproduce.grid`; then the
+extra evaluations, one after another.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ keys, with:
 - `paths.*` and the interpolations that read the machine or the clock (`${now:}`, `${hydra:}`,
   `${oc.env:}`, `${lmdisc.cwd:}`) replaced by fixed placeholders before resolving, so values built
   from them (data.path, checkpoint directories) do not depend on where or when it runs;
+- a tokenizer read from a run directory or file (`data.tokenizer_from`, OPTIONAL_INPUT_KEYS)
+  replaced by the sha256 of its tokenizer.json, as an input checkpoint is; a value that names no
+  file here (a pretrained model's directory under `${paths.cache_dir}`) is kept as it resolves;
 - the keys in IGNORED_KEYS dropped: they say where a stage runs or how it shows its progress,
   not what it computes.
 """
@@ -35,6 +38,8 @@ from lmdisc.errors import LmdiscError
 CONFIG_NAMES = {"train": "train", "train_disc": "train_disc", "eval": "eval"}
 # keys naming a checkpoint a stage reads: compared by the file's sha256, not its path
 INPUT_KEYS = ("init_from", "ckpt", "lm_ckpt", "disc_ckpt", "loss.discriminator_ckpt")
+# keys naming a tokenizer file, or a directory holding tokenizer.json: by content when it exists
+OPTIONAL_INPUT_KEYS = ("data.tokenizer_from",)
 # keys (fnmatch patterns over dotted keys, `*` spans dots; a pattern also covers the keys under
 # it) that do not change what a stage computes
 IGNORED_KEYS = (
@@ -51,6 +56,7 @@ IGNORED_KEYS = (
     "trainer.default_root_dir",
     "ckpt_path",  # resuming an interrupted run of the same stage
     "metrics_file",  # eval.py: where its metrics.json is written
+    "score_out",  # eval.py score_file: where the scores are written
     "device",  # eval.py: which device
 )
 # resolvers whose value depends on the machine, the directory or the clock
@@ -115,6 +121,13 @@ def _checkpoint_identity(key: str, value) -> str:
     return "sha256:" + file_sha256(value)
 
 
+def _tokenizer_file(value: str) -> Path | None:
+    path = Path(value)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    return path if path.is_file() else None
+
+
 def _flatten(node, prefix: str = "") -> dict:
     if isinstance(node, dict) and node:
         flat = {}
@@ -144,6 +157,10 @@ def resolved_identity(entry: str, overrides: list[str], config_dir: str) -> dict
         value = OmegaConf.select(frozen, key, default=None, throw_on_resolution_failure=False)
         if value not in _NULLS:
             OmegaConf.update(frozen, key, _checkpoint_identity(key, value), merge=False)
+    for key in OPTIONAL_INPUT_KEYS:
+        value = OmegaConf.select(frozen, key, default=None, throw_on_resolution_failure=False)
+        if value not in _NULLS and (file := _tokenizer_file(str(value))) is not None:
+            OmegaConf.update(frozen, key, "sha256:" + file_sha256(file), merge=False)
     resolved = OmegaConf.to_container(frozen, resolve=True)
     flat = _flatten(resolved)
     return {key: flat[key] for key in sorted(flat) if not is_ignored(key)}

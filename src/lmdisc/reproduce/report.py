@@ -1,8 +1,11 @@
 """results.md and plots of a reproduce pipeline: every arm at its best learning rate by validation.
 
 Means and standard deviations are over seeds (sample std, n-1). The per-bucket numbers are on the
-test split; "change" is relative to the base model the arms were fine-tuned from. The validation
-curves and the moved mass come from each run's logs: CSV, else its W&B run's (`run_logs.py`).
+test split the runs were evaluated on (a named slice, when the pipeline has slices); "change" is
+relative to the base model the arms were fine-tuned from. The validation curves and the moved mass
+come from each run's logs: CSV, else its W&B run's (`run_logs.py`). A transfer pipeline
+(`pipeline.report: transfer`) has its own table (`report_transfer.py`); the study's discriminator,
+slices and full-split sections are in `report_study.py`.
 """
 
 from __future__ import annotations
@@ -15,32 +18,23 @@ from pathlib import Path
 from lmdisc.analysis.plotting import headless_pyplot, save_figure
 from lmdisc.io import atomic_write_json, atomic_write_text
 
+from .numbers import mean_std as _mean_std
+from .numbers import pm as _pm
+from .numbers import tokens_per_s as _tokens_per_s
+from .numbers import word_ppl as _word_ppl
+from .report_study import discriminator_section, full_split_sections, slices_section
+from .report_transfer import write_transfer_report
 from .run_logs import metric_rows
+from .selection import best_by_validation
 from .stages import stage_record
 
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _pm(values: list[float], digits: int = 2) -> str:
-    """mean ± sample std; a single run has no spread to show (not "± 0.00")."""
-    mean, std = _mean_std(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+__all__ = ["best_by_validation", "mass_moved", "val_curve", "write_report"]
 
 
 @functools.cache
 def _rows(run_dir: str) -> list[dict]:
     """A run's logged rows (CSV, else W&B), read once: the curves and the moved mass both need them."""
     return metric_rows(run_dir, stage_record(run_dir).get("resumed_at", {}))
-
-
-def _tokens_per_s(runs: list[dict]) -> str:
-    """Over the runs that trained in their last process (a run resumed after its last epoch did not)."""
-    measured = [r["train_tokens_per_s"] for r in runs if r.get("train_tokens_per_s")]
-    return _pm(measured, 0) if measured else "–"
 
 
 def val_curve(run_dir: str) -> list[tuple[int, float]]:
@@ -55,25 +49,6 @@ def mass_moved(run_dir: str) -> dict[str, float]:
             if key.startswith("train/rkl/mass_moved/"):
                 sums[key.rsplit("/", 1)[1]].append(float(value))
     return {bucket: statistics.fmean(v) for bucket, v in sums.items()}
-
-
-def best_by_validation(runs: list[dict]) -> dict[str, dict]:
-    """Per arm: the learning rate with the lowest mean validation PPL over seeds, and its runs."""
-    grouped: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        grouped[run["arm"]][run["lr"]].append(run)
-    best = {}
-    for arm, by_lr in grouped.items():
-        lr = min(by_lr, key=lambda x: statistics.fmean(r["val/ppl"] for r in by_lr[x]))
-        best[arm] = {"lr": lr, "runs": by_lr[lr], "grid": dict(by_lr)}
-    return best
-
-
-def _word_ppl(runs: list[dict]) -> str:
-    """Word-level test PPL (the same as token-level for a word tokenizer; '–' for runs from before
-    it was recorded)."""
-    values = [r["test/word_ppl"] for r in runs if "test/word_ppl" in r]
-    return _pm(values) if len(values) == len(runs) else "–"
 
 
 def _bucket_table(base: dict, best: dict[str, dict]) -> list[str]:
@@ -141,8 +116,10 @@ def plot_val_curves(base: dict, best: dict[str, dict], path: Path):
 def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path:
     """Write results.md, results.json and the two plots into `out_dir`; returns results.md."""
     _rows.cache_clear()  # read the logs as they are now, once each
+    if results.get("kind", "rkl") == "transfer":
+        return write_transfer_report(results, out_dir, title, command)
     out_dir = Path(out_dir)
-    base, disc, runs = results["base"], results["discriminator"], results["runs"]
+    base, runs = results["base"], [r for r in results["runs"] if "val/ppl" in r]
     best = best_by_validation(runs)
     lrs = sorted({r["lr"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
@@ -156,17 +133,9 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
             "",
         ]
     lines += _base_section(results, base)
+    lines += slices_section(results)
+    lines += discriminator_section(results)
     lines += [
-        "## Discriminator",
-        "",
-        f"{'Given (scored here, not trained)' if disc.get('scored_only') else 'Trained'}: `{disc.get('checkpoint')}`, "
-        f"on the `{disc.get('train_split')}` split against the base. Zero head: BCE 2 ln 2 = 1.3863, AUC 0.5.",
-        "",
-        "| val BCE | val acc | val AUC | estimated KL(q0‖p) (nats) |",
-        "|---|---|---|---|",
-        f"| {disc['val/disc_bce']:.4f} | {disc['val/disc_acc']:.4f} | {disc['val/disc_auc']:.4f} | "
-        f"{disc['val/kl_q0_p']:.4f} |",
-        "",
         "## Learning-rate grid: validation PPL",
         "",
         "| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
@@ -194,8 +163,15 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
             f"| {arm} | {info['lr']:g} | {_pm([r['val/ppl'] for r in info['runs']])} | {_pm(tests)} | "
             f"{_word_ppl(info['runs'])} | {_pm(delta)} | {_tokens_per_s(info['runs'])} |"
         )
-    lines += ["", "(tokens/s: measured while `jobs` runs shared the machine.)"]
+    note = "(tokens/s: measured while `jobs` runs shared the machine.)"
+    if results.get("slices"):
+        note = (
+            "(val/test here and in the grid, the buckets and the paired-by-seed gap: the runs' own evaluation, "
+            "on the slices above; the full split is scored below. " + note[1:]
+        )
+    lines += ["", note]
     lines += _contribution(best)
+    lines += ["", *full_split_sections(results, best)]
     lines += ["", "## Test PPL per frequency bucket (best lr)", "", *_bucket_table(base, best)]
     lines += _mass_section(best, [row["bucket"] for row in base["buckets"]["test"]])
     change = plot_bucket_change(base, best, out_dir / "bucket_logprob_change.png")

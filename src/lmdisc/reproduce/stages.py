@@ -5,7 +5,9 @@ it). Before a stage runs, its stage.json records what it computes (its resolved 
 re-running the same command resumes an interrupted pipeline; an interrupted training stage with
 a matching record goes on from its last.ckpt (the last finished epoch). A stage whose record
 differs is run again, its old directory moved aside rather than deleted. A record written before
-resolved identities is trusted as it is, and the log says so.
+resolved identities is trusted as it is, and the log says so. After each run, resources.json
+records the stage process's peak resident memory, sampled each second (the host's: a GPU's own
+memory is not seen here).
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ class Stage:
     out_dir: Path
     meta: dict = field(default_factory=dict)
     where: list[str] = field(default_factory=list)
+    # the file a finished run leaves (eval.py's score_file writes <split>.scores.summary.json)
+    metrics_name: str = "metrics.json"
     _identities: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def metrics_file(self) -> Path:
-        return self.out_dir / "metrics.json"
+        return self.out_dir / self.metrics_name
 
     @property
     def done(self) -> bool:
@@ -82,7 +86,11 @@ class Stage:
 
     def output_checkpoint(self) -> str:
         """The checkpoint a finished stage reports in its metrics.json, found in the stage's own
-        checkpoints/ if the pipeline directory has been moved since (the path recorded is absolute)."""
+        checkpoints/ if the pipeline directory has been moved since (the path recorded is absolute);
+        a run with evaluate=false records none: its best.ckpt (else last.ckpt)."""
+        if "checkpoint" not in self.metrics():
+            best = self.out_dir / "checkpoints" / "best.ckpt"
+            return str(best if best.is_file() else self.last_checkpoint)
         recorded = Path(self.metrics()["checkpoint"])
         here = self.out_dir / "checkpoints" / recorded.name
         return str(here if not recorded.is_file() and here.is_file() else recorded)
@@ -220,7 +228,10 @@ def timed_run_stage(stage: Stage, log=print, share: int = 1) -> tuple[dict, floa
     log(f"       progress: {stage.out_dir / 'stage.log'}")
     start = time.perf_counter()
     with open(stage.out_dir / "stage.log", "a" if resume else "w", encoding="utf-8") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=stage_env(share))
+        code, peak = _call(command, out, stage_env(share))
+    atomic_write_json(
+        {"peak_rss_bytes": peak, "resumed": resume is not None}, stage.out_dir / "resources.json"
+    )
     if code != 0 or not stage.done:
         tail = (stage.out_dir / "stage.log").read_text(encoding="utf-8", errors="replace")[-3000:]
         raise LmdiscError(
@@ -229,6 +240,42 @@ def timed_run_stage(stage: Stage, log=print, share: int = 1) -> tuple[dict, floa
     seconds = time.perf_counter() - start
     log(f"[done] {stage.name} in {seconds:.0f} s")
     return stage.metrics(), seconds
+
+
+def _call(command: list[str], out, env: dict, every_s: float = 1.0) -> tuple[int, int | None]:
+    """subprocess.call, also returning the process's peak resident memory in bytes: its VmHWM (the
+    high-water mark of its own address space), read every `every_s` while it runs, so a peak in its
+    last second may be missed. (getrusage's ru_maxrss would not do: a child's starts at this
+    process's size when it is forked.) None where /proc is not, or for a run shorter than `every_s`."""
+    peak = None
+    with subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env) as process:
+        status = Path(f"/proc/{process.pid}/status")
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=every_s), peak
+                except subprocess.TimeoutExpired:
+                    peak = _high_water_mark(status) or peak
+        except BaseException:  # an interrupt: stop the stage too, as subprocess.call does
+            process.kill()
+            process.wait()
+            raise
+
+
+def _high_water_mark(status: Path) -> int | None:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resources(out_dir: str | Path) -> dict:
+    """A stage's resources.json ({} for a run from before it was written)."""
+    path = Path(out_dir) / "resources.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @contextlib.contextmanager
