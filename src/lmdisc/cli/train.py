@@ -50,6 +50,7 @@ from .common import (
     run_main,
     save_resolved_config,
 )
+from .eval import autocast
 
 
 def build_datamodule(cfg: DictConfig):
@@ -197,7 +198,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ckpt_file:
             model = build_model(load_checkpoint(ckpt_file))
             device = trainer.strategy.root_device  # Lightning moves the module to the CPU after fit
-            results = evaluate_splits(model.to(device), datamodule, device)
+            # in the precision it trained in: bf16-mixed evaluates under bf16 autocast (softmax in fp32)
+            mixed = "bf16-mixed" if str(cfg.trainer.get("precision")) == "bf16-mixed" else "32-true"
+            with autocast(device, mixed):
+                results = evaluate_splits(model.to(device), datamodule, device)
             flat = report_results(results, f"{datamodule.protocol.describe()}: {ckpt_file}", output_dir)
             metrics.update({"checkpoint": str(ckpt_file), **flat})
             log_images(loggers, {"eval/buckets": flat["buckets_plot"]} if "buckets_plot" in flat else {})
