@@ -62,6 +62,7 @@ def _datamodule(cfg: DictConfig, lm_ckpt: dict, disc_cfg: DictConfig):
         train_split=disc_cfg.train_split,
         heldout_fraction=disc_cfg.heldout_fraction,
         train_eval_tokens=0,
+        noise="none",  # the discriminator reads real text, never a noised LM run's inputs
     )
 
 

@@ -12,6 +12,7 @@ from lmdisc.errors import LmdiscError
 
 from .corpus import TOKENIZERS, Corpus, TokenizedSplit, TokenizerSpec, check_corpus_dir, load_corpus
 from .download import SOURCES, ensure_corpus
+from .noising import check_noise, noise_training_loader
 from .protocols import PROTOCOLS, BlockProtocol, StreamProtocol, choose_protocol
 from .tokenizers import Tokenizer
 
@@ -51,6 +52,8 @@ class LMDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         train_eval_tokens: int = 0,
+        noise: str = "none",
+        noise_gamma: float = 0.0,
         train_split: str = "train",
         heldout_fraction: float = 0.5,
         tokenizer_object: Tokenizer | None = None,
@@ -94,6 +97,8 @@ class LMDataModule(L.LightningDataModule):
                 f"data.train_eval_tokens must be a whole number >= 0, got {train_eval_tokens!r}"
             )
         self.train_eval_tokens = train_eval_tokens
+        # data noising of the training inputs (lmdisc.data.noising)
+        self.noise, self.noise_gamma = check_noise(noise, noise_gamma)
         if train_split not in ("train", "heldout"):
             raise LmdiscError(f"train_split must be train or heldout, got {train_split!r}")
         if not 0 < heldout_fraction < 1:
@@ -192,7 +197,12 @@ class LMDataModule(L.LightningDataModule):
 
     # ---- loaders --------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self.windows(self._split("train"), self.batch_size, train=True)
+        train = self._split("train")
+        loader = self.windows(train, self.batch_size, train=True)
+        rank, _ = self._rank_world()
+        return noise_training_loader(
+            loader, self.noise, self.noise_gamma, self.seed, self._epoch(), rank, self.tokenizer, train.ids
+        )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Validation; plus, with `train_eval_tokens`, a fixed slice of train read in eval mode
