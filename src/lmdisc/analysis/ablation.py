@@ -34,6 +34,9 @@ def run_label(config: dict) -> str:
     optimizer = str(((config.get("optim") or {}).get("optimizer") or {}).get("_target_", ""))
     if optimizer:  # CE vs CE + alpha*PPL is compared under SGD and under AdamW
         label += f" [{optimizer.rsplit('.', 1)[-1]}]"
+    data = config.get("data") or {}
+    if data.get("noise", "none") != "none":  # experiment=noising_ptb: one row per noise
+        label += f" noise={data['noise']} (gamma={data.get('noise_gamma', 0):g})"
     return label
 
 
