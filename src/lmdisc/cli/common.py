@@ -115,7 +115,7 @@ def check_window_memory(cfg: DictConfig, datamodule, model, chunk: int) -> None:
     protocol = datamodule.protocol
     corpus = datamodule.load()
     key = "data.bptt" if protocol.carries_state else "data.block_size"
-    hint = f"lower data.batch_size or {key}, or set ce_chunk_size (training with ce/ppl losses)"
+    hint = f"lower data.batch_size or {key}, or set ce_chunk_size (ce, ppl, ppl_reg, rkl_disc)"
     length = protocol.longest_window(len(corpus["train"]), datamodule.batch_size)
     check_logits_fit("training", datamodule.batch_size, length, model.vocab_size, device, hint, chunk)
     check_evaluation_fits(datamodule, model.vocab_size, device)

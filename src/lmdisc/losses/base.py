@@ -24,7 +24,8 @@ class BatchContext:
 
     In chunked mode (`ce_chunk_size`) the step has no logits: `logits` is None and `features` with
     `output_layer` (weight, bias) stand in for them; only losses that need nothing but the summed
-    NLL (`needs_logits = False`) run that way.
+    NLL (`needs_logits = False`) run that way, and the rkl term, which CompositeLoss computes in the
+    same chunked pass as the NLL (`ReverseKLLoss.chunked`).
     """
 
     inputs: torch.Tensor
@@ -60,6 +61,11 @@ class BatchContext:
         elif self._nll is None or self._log_probs_of is not logits:
             self._nll = gather_nll(self.log_probs(logits), targets, self.ignore_index)
         return self._nll
+
+    def set_nll(self, total: torch.Tensor, per_token: torch.Tensor) -> None:
+        """Hand over a chunked pass's (differentiable Σ NLL, detached per-token NLL), made together
+        with another term (chunked_rkl.py), so the cross-entropy terms read it instead."""
+        self._nll_sum, self._nll = total, per_token
 
     def nll_sum(self, logits: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
         """Σ NLL over the scored targets, differentiable: from the logits, or chunk by chunk from the

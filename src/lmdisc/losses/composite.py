@@ -36,8 +36,14 @@ class CompositeLoss:
 
     @property
     def needs_logits(self) -> bool:
-        """True unless every term only needs the summed NLL (then a chunked cross-entropy can run)."""
-        return any(getattr(loss_fn, "needs_logits", True) for _, loss_fn in self.terms.values())
+        """False when the terms can run in chunks from the features: each needs only the summed NLL,
+        or one is fused with that NLL in a chunked pass (`chunked`, the rkl term) and the others
+        are linear in the sum (`nll_weight`), so the pass knows the NLL's weight in the loss."""
+        fused = [fn for _, fn in self.terms.values() if hasattr(fn, "chunked")]
+        others = [fn for _, fn in self.terms.values() if not hasattr(fn, "chunked")]
+        if any(getattr(fn, "needs_logits", True) for fn in others):
+            return True
+        return bool(fused) and (len(fused) > 1 or not all(hasattr(fn, "nll_weight") for fn in others))
 
     def bind_corpus(self, corpus) -> None:
         """Hand the training corpus to the terms that use it (e.g. rkl's frequency buckets)."""
@@ -46,10 +52,18 @@ class CompositeLoss:
                 loss_fn.bind_corpus(corpus)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
+        outputs = {}
+        if logits is None:  # chunked: a fused term runs first and leaves the NLL for the others
+            for name, (weight, loss_fn) in self.terms.items():
+                if hasattr(loss_fn, "chunked"):
+                    nll_weight = sum(
+                        w * fn.nll_weight(targets, ctx) for n, (w, fn) in self.terms.items() if n != name
+                    )
+                    outputs[name] = loss_fn.chunked(targets, ctx, nll_weight=nll_weight, weight=weight)
         total = None
         logs: dict[str, torch.Tensor] = {}
         for name, (weight, loss_fn) in self.terms.items():
-            out = loss_fn(logits, targets, ctx)
+            out = outputs[name] if name in outputs else loss_fn(logits, targets, ctx)
             weighted = weight * out.loss
             total = weighted if total is None else total + weighted
             logs[name] = out.loss.detach()

@@ -23,6 +23,13 @@ class CrossEntropyLoss:
             raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
         self.reduction = reduction
 
+    def nll_weight(self, targets: torch.Tensor, ctx: BatchContext) -> float:
+        """The factor this loss multiplies Σ NLL by (a chunked pass fused with the rkl term needs it
+        before the backward)."""
+        if self.reduction == "token_mean":
+            return 1.0 / max(int((targets != ctx.ignore_index).sum()), 1)
+        return 1.0 / targets.shape[0]
+
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
         summed = ctx.nll_sum(logits, targets)
         if self.reduction == "token_mean":

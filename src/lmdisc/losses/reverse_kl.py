@@ -12,11 +12,15 @@ the whole vocabulary (no sampling); q_0 and s carry no gradient. Used as a weigh
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lmdisc.errors import LmdiscError
+from lmdisc.models.discriminator import Discriminator
 from lmdisc.window_loop import Reader
 
 from .base import BatchContext, LossOutput
+from .chunked_rkl import FrozenChunks, chunked_ce_reverse_kl
 
 
 def reverse_kl_terms(
@@ -64,6 +68,8 @@ class ReverseKLLoss:
     modules (the discriminator's `out` is s). They are not nn.Module attributes of the
     LightningModule, so they stay out of its state dict, its optimiser and DDP's gradient sync.
     A `lm_frozen` discriminator whose body is q_0's own reuses q_0's features (one body pass).
+    With `ce_chunk_size` there are no logits: CompositeLoss calls `chunked` instead, which computes
+    the term with the cross-entropy chunk by chunk from the features (chunked_rkl.py).
     """
 
     def __init__(
@@ -137,6 +143,11 @@ class ReverseKLLoss:
         return c, lse0, log_q0, s if diagnostics else None
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, ctx: BatchContext) -> LossOutput:
+        if logits is None:
+            raise LmdiscError(
+                "the rkl term has no logits: with ce_chunk_size it runs inside CompositeLoss (loss=rkl_disc), "
+                "which computes it together with the cross-entropy"
+            )
         self._to(logits.device)
         c, lse0, log_q0, s = self._frozen_outputs(ctx.inputs, ctx.first_window, ctx.diagnostics)
         log_q = ctx.log_probs(logits).detach()
@@ -155,6 +166,99 @@ class ReverseKLLoss:
         term = (per_position * mask).sum() / count
         if ctx.diagnostics:
             # Σ q (log q − log q0) = Σ q (log q − log q0 − s) + Σ q s
+            logs["kl_q_q0"] = term.detach() + logs.get("mean_s_under_q", 0.0)
+        return LossOutput(term, logs)
+
+    @torch.no_grad()
+    def _frozen_chunks(self, inputs: torch.Tensor, first_window: bool) -> FrozenChunks:
+        """q_0's logits and s per chunk of positions: the window-wide work (q_0's body, the
+        discriminator's encoder) runs once, the [n, V] output layers per chunk. A reference without a
+        linear output layer, or a discriminator that is not ours, is run whole and sliced per chunk
+        (its [B, T, V] output then lives for the step; a frequency-class s is a free broadcast view)."""
+        readers = [self._reference_reader, self._discriminator_reader]
+        if first_window:
+            for reader in filter(None, readers):
+                reader.reset()
+        layer = self.reference.output_layer() if hasattr(self.reference, "output_layer") else None
+        features = None
+        if layer is not None:
+            features, _ = self._reference_reader(inputs, self.reference.features)
+            flat = features.reshape(-1, features.shape[-1])
+
+            def logits(start: int, stop: int) -> torch.Tensor:
+                return F.linear(flat[start:stop], *layer).float()
+
+        else:
+            whole, _ = self._reference_reader(inputs)
+            whole = whole.reshape(-1, whole.shape[-1])
+
+            def logits(start: int, stop: int) -> torch.Tensor:
+                return whole[start:stop].to(torch.float32, copy=True)
+
+        disc = self.discriminator
+        if disc is None:
+            return FrozenChunks(logits)
+        if isinstance(disc, Discriminator):
+            if self.shared_body and features is not None:
+                encoded = features
+            else:
+                encoded, _ = self._discriminator_reader(
+                    inputs, lambda x, state: (*disc.encoder(x, state), {})
+                )
+            encoded = encoded.reshape(-1, encoded.shape[-1])
+
+            def scores(start: int, stop: int) -> torch.Tensor:
+                return disc.scores(encoded[start:stop]).float()
+
+        else:
+            s, _ = self._discriminator_reader(inputs)
+            s = s.reshape(-1, s.shape[-1])
+
+            def scores(start: int, stop: int) -> torch.Tensor:
+                return s[start:stop].float()
+
+        return FrozenChunks(logits, scores)
+
+    def chunked(
+        self, targets: torch.Tensor, ctx: BatchContext, nll_weight: float, weight: float
+    ) -> LossOutput:
+        """The term from `ctx.features` and `ctx.output_layer`, computed with the NLL in one chunked
+        pass (`chunked_rkl.py`) for a loss nll_weight·Σ NLL + weight·term; the NLL goes to `ctx` for
+        the cross-entropy terms. Same value, gradients and logs as `__call__` on the logits."""
+        features = ctx.features
+        self._to(features.device)
+        frozen = self._frozen_chunks(ctx.inputs, ctx.first_window)
+        mask = targets != ctx.ignore_index
+        count = mask.sum().clamp_min(1)
+        diag = None
+        if ctx.diagnostics:
+            diag = {"s_under_q": torch.zeros((), device=features.device)}
+            if self._bucket_onehot is not None:
+                vocab = self._bucket_onehot.shape[0]
+                diag.update({key: torch.zeros(vocab, device=features.device) for key in ("q_sum", "q0_sum")})
+        out_weight, out_bias = ctx.output_layer
+        nll_sum, term_sum, nll, _ = chunked_ce_reverse_kl(
+            features,
+            out_weight,
+            out_bias,
+            targets,
+            frozen,
+            ctx.chunk_size,
+            nll_weight,
+            weight / count.item(),
+            diag,
+        )
+        ctx.set_nll(nll_sum, nll)
+        term = term_sum / count
+        logs = {}
+        if diag is not None:
+            if self.discriminator is not None:
+                logs["mean_s_under_q"] = diag["s_under_q"] / count
+            if "q_sum" in diag:
+                per_bucket = (
+                    (diag["q_sum"] - diag["q0_sum"]) @ self._bucket_onehot.to(features.device) / count
+                )
+                logs.update({f"mass_moved/{name}": v for name, v in zip(self._bucket_names, per_bucket)})
             logs["kl_q_q0"] = term.detach() + logs.get("mean_s_under_q", 0.0)
         return LossOutput(term, logs)
 
@@ -184,7 +288,6 @@ def reverse_kl_from_checkpoints(
         load_lm_checkpoint,
         weights_sha256,
     )
-    from lmdisc.errors import LmdiscError
 
     if not reference_ckpt:
         raise LmdiscError("loss=rkl_disc fine-tunes a trained LM: set init_from=PATH (it also becomes q_0)")

@@ -31,8 +31,9 @@ class LanguageModel(L.LightningModule):
     Lightning 2 has no built-in TBPTT, so the state lives in one `Reader` per stage, reset at the
     start of each epoch and detached after every training window. With `scale_lr_by_window`
     (AWD's variable BPTT) each step's learning rate is scaled by window length / `bptt`. With
-    `ce_chunk_size` and a loss that needs only the summed NLL, the cross-entropy is computed in
-    chunks of that many positions from the model's features (no [B, T, V] logits).
+    `ce_chunk_size` and a loss that can work from the features (cross-entropy, the perplexity
+    losses, CE + rKL), the loss is computed in chunks of that many positions from the model's
+    features (no [B, T, V] logits).
     """
 
     def __init__(
