@@ -167,7 +167,7 @@ class HFCausalLM(LanguageModelBase):
         self.linear_head = all(getattr(config, key, None) in (None, 1.0) for key in _NONLINEAR_HEAD)
         config.use_cache = False
         if activation_checkpointing:
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def config_dict(self) -> dict:
         """The architecture as primitives (stored in our checkpoints, so they rebuild without the source)."""
