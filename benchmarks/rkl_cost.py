@@ -45,11 +45,13 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from machine import describe
+from omegaconf import OmegaConf
 
 from lmdisc.allocator import heap_in_use_bytes, keep_freed_memory
 from lmdisc.analysis.frequency import token_classes
 from lmdisc.cli import CONF_DIR
 from lmdisc.config import instantiate
+from lmdisc.finetune import plan_finetune
 from lmdisc.losses import CompositeLoss, CrossEntropyLoss, ReverseKLLoss
 from lmdisc.models import build_lm
 from lmdisc.models.discriminator import build_discriminator
@@ -155,9 +157,14 @@ def run_arm(arm, template, cfg, datamodule, word_class, args, device, memory) ->
         torch.cuda.empty_cache()
     arm_base = memory.mark()
     chunk = 0 if arm.endswith("_logits") else args.chunk_size
+    model = copy.deepcopy(template)
+    # finetune.mode (--set finetune.mode=lora): the parameters train.py would train
+    options = OmegaConf.to_container(cfg.finetune, resolve=True) if cfg.get("finetune") else None
+    plan = plan_finetune(model, options, pretrained=True)
     module = LanguageModel(
-        model=copy.deepcopy(template),
+        model=model,
         loss=build_loss(arm, template, word_class, args.lam),
+        finetune_plan=plan,
         optimizer=instantiate(cfg.optim.optimizer),
         bptt=cfg.data.bptt,
         carry_state=False,
