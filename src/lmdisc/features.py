@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmdisc.data.corpus import read_utf8_lines
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_savez
 
@@ -30,19 +31,10 @@ TOKENS_PER_BATCH = 8192
 
 def read_text_lines(path: str | Path, option: str = "features_file") -> list[str]:
     """The lines of a UTF-8 text file; a missing, empty (no word) or non-UTF-8 file is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise LmdiscError(f"{option}={path} does not exist (or is not a file)")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise LmdiscError(
-            f"{option}={path} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8"
-        ) from None
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
-        raise LmdiscError(f"{option}={path} is empty: it needs at least one line with a word")
-    return lines
+    label = f"{option}={path}"
+    return read_utf8_lines(
+        path, label, f"{label} does not exist (or is not a file)", "it needs at least one line with a word"
+    )
 
 
 def check_layer(model, layer) -> torch.nn.Module | None:

@@ -40,19 +40,26 @@ def sha256_file(path: Path) -> str:
 
 def read_lines(path: Path) -> list[str]:
     """Read a UTF-8 text file, refusing missing, empty and non-UTF-8 files with a clear message."""
+    return read_utf8_lines(
+        path, str(path), f"corpus file not found: {path}", "a corpus split needs at least one word"
+    )
+
+
+def read_utf8_lines(path: Path, label: str, missing: str, empty: str) -> list[str]:
+    """The lines of a UTF-8 text file; `label` names it in the refusals of a non-UTF-8 or empty (no
+    word) file, `missing` is the whole refusal of a missing one, `empty` says what it needs."""
     path = Path(path)
     if not path.is_file():
-        raise LmdiscError(f"corpus file not found: {path}")
-    raw = path.read_bytes()
+        raise LmdiscError(missing)
     try:
-        text = raw.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise LmdiscError(
-            f"{path} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8"
+            f"{label} is not valid UTF-8 (bad byte at offset {err.start}); re-encode it as UTF-8"
         ) from None
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
-        raise LmdiscError(f"{path} is empty: a corpus split needs at least one word")
+        raise LmdiscError(f"{label} is empty: {empty}")
     return lines
 
 

@@ -19,14 +19,21 @@ import torch.nn.functional as F
 from lmdisc.data.window import IGNORE_INDEX
 
 
+def gradient_buffers(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """Where a chunked output layer accumulates the gradients backward will need (None where not):
+    the features' (filled chunk by chunk), and the weight's and bias's (summed over chunks, fp32)."""
+    need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+    grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need_bias else None
+    return grad_hidden, grad_weight, grad_bias
+
+
 class _ChunkedLinearNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk: int):
         rows = hidden.shape[0]
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need_bias else None
+        grad_hidden, grad_weight, grad_bias = gradient_buffers(ctx, hidden, weight, bias)
         nll = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)

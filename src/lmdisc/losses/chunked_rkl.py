@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from lmdisc.data.window import IGNORE_INDEX
 
+from .chunked import gradient_buffers
+
 
 @dataclass
 class FrozenChunks:
@@ -48,10 +50,7 @@ class _ChunkedCEReverseKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, frozen, chunk, nll_coef, term_coef, diag):
         rows = hidden.shape[0]
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need_bias else None
+        grad_hidden, grad_weight, grad_bias = gradient_buffers(ctx, hidden, weight, bias)
         nll = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         term = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         # under autocast the gradient goes into both products in the autocast dtype: cast it once
