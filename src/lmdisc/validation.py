@@ -112,10 +112,59 @@ def _matches(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise one `LmdiscError` naming the first option out of its range, with the range."""
+    """Raise one `LmdiscError` naming the first option out of its range, with the range; then check
+    the trainer against this machine (`check_trainer`)."""
     for rule in RULES:
         for key, value in _matches(cfg, rule.key):
             if value is None and rule.nullable:
                 continue
             if not rule.check(value):
                 raise LmdiscError(f"{key} must be {rule.allowed}, got {value!r}")
+    if isinstance(cfg.get("trainer"), DictConfig):
+        check_trainer(cfg.trainer, training="optim" in cfg)
+
+
+# the precision group's four, plus what Lightning also accepts (its short forms, 16-true, 64-true)
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "32", "16", "bf16", "64")
+
+
+def check_trainer(trainer: DictConfig, training: bool = True) -> None:
+    """What this machine cannot run, refused before anything starts: fp16 autocast or more GPUs than
+    there are; what runs but badly, warned: more CPU processes than cores, bf16-true training."""
+    import os
+
+    import torch
+
+    precision = str(trainer.get("precision") or "32-true")
+    if precision not in PRECISIONS:
+        raise LmdiscError(f"trainer.precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    gpus = torch.cuda.device_count()
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    if precision in ("16-mixed", "16") and not on_gpu:
+        raise LmdiscError(
+            "precision=16-mixed (fp16 autocast with a loss scale) needs a GPU; on a CPU use precision=bf16-mixed"
+        )
+    devices = trainer.get("devices", 1)
+    count = devices if _integer(devices) else len(devices) if isinstance(devices, (list, tuple)) else None
+    if on_gpu and count is not None and count > gpus:
+        raise LmdiscError(
+            f"trainer.devices={devices} asks for {count} GPUs and this machine has {gpus}: "
+            f"lower trainer.devices (or trainer.accelerator=cpu)"
+        )
+    if not on_gpu and count is not None and count > (os.cpu_count() or 1):
+        _warn(
+            f"trainer.devices={count} CPU processes on {os.cpu_count()} cores: they will share cores "
+            "(fine for checking a multi-process run, slow for real training)"
+        )
+    if precision == "bf16-true" and training:
+        _warn(
+            "precision=bf16-true keeps no fp32 master weights: an update smaller than about 1/256 of a "
+            "weight is lost. Train with bf16-mixed unless memory forces bf16-true"
+        )
+
+
+def _warn(message: str) -> None:
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    rank_zero_warn(message)

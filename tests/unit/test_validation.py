@@ -57,3 +57,32 @@ def test_a_weight_that_interpolates_a_bad_alpha_is_caught_through_the_alpha():
     cfg = _cfg(loss__alpha=float("nan"))
     with pytest.raises(LmdiscError, match=r"loss\.alpha"):
         validate(cfg)
+
+
+def test_fp16_autocast_is_refused_on_a_cpu():
+    with pytest.raises(LmdiscError, match=r"precision=16-mixed .* needs a GPU; on a CPU use precision=bf16-mixed"):
+        validate(_cfg(trainer__precision="16-mixed", trainer__accelerator="cpu"))
+
+
+def test_an_unknown_precision_is_refused_with_the_list():
+    with pytest.raises(LmdiscError, match=r"trainer.precision must be one of \['32-true', 'bf16-mixed'"):
+        validate(_cfg(trainer__precision="fp8"))
+
+
+def test_more_gpus_than_present_are_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LmdiscError, match=r"trainer.devices=4 asks for 4 GPUs and this machine has 1"):
+        validate(_cfg(trainer__accelerator="gpu", trainer__devices=4))
+    validate(_cfg(trainer__accelerator="gpu", trainer__devices=1))
+
+
+def test_more_cpu_processes_than_cores_and_bf16_true_training_only_warn(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(UserWarning, match=r"trainer.devices=4 CPU processes on 2 cores"):
+        validate(_cfg(trainer__accelerator="cpu", trainer__devices=4))
+    with pytest.warns(UserWarning, match=r"bf16-true keeps no fp32 master weights"):
+        validate(_cfg(trainer__precision="bf16-true"))

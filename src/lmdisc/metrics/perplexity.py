@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
 
 from lmdisc.data.window import IGNORE_INDEX
 
+from .exact_states import ExactStateMetric
 
-class TokenNLL(Metric):
+
+class TokenNLL(ExactStateMetric):
     """exp(sum NLL / number of tokens) over everything seen; never a mean of batch perplexities.
 
     It also sums the words the scored tokens end (`Window.words`), so exp(sum NLL / words) is the

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics import Metric
 
 from lmdisc.data.window import IGNORE_INDEX
+
+from .exact_states import ExactStateMetric
 
 
 def token_entropy_bits(log_probs: torch.Tensor) -> torch.Tensor:
@@ -15,7 +16,7 @@ def token_entropy_bits(log_probs: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(log_probs.exp()).sum(-1) / math.log(2)  # entr: 0 where p = 0
 
 
-class PredictiveEntropy(Metric):
+class PredictiveEntropy(ExactStateMetric):
     """Mean entropy (bits/token) of the predicted next-token distributions over scored tokens."""
 
     full_state_update = False
@@ -35,7 +36,7 @@ class PredictiveEntropy(Metric):
         return self.entropy_sum / self.tokens.clamp_min(1)
 
 
-class CalibrationError(Metric):
+class CalibrationError(ExactStateMetric):
     """Expected calibration error of the top-1 next-token prediction (equal-width bins, L1).
 
     ECE = sum_b (n_b / N) |accuracy_b - confidence_b|, confidence = the top probability.
