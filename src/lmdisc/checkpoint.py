@@ -43,9 +43,38 @@ def _truncated_zip(path: Path) -> bool:
         return b"PK\x05\x06" not in handle.read()
 
 
+SHARDED_METADATA = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor part of a sharded checkpoint
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A sharded (DCP) checkpoint directory written by trainer=fsdp, as one checkpoint dict: its
+    metadata with the full weights (no optimiser state). Needs no process group. (Lightning's own
+    consolidate_checkpoint expects another layout and fails on these: KeyError 'model'.)"""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    meta_file = path / SHARDED_METADATA
+    if not meta_file.is_file():
+        raise LmdiscError(
+            f"{path} is a directory but not a sharded checkpoint (no {SHARDED_METADATA}); "
+            "point at a .ckpt file or a checkpoint directory written by trainer=fsdp"
+        )
+    checkpoint = torch.load(meta_file, map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "whole.pt"
+        dcp_to_torch_save(path, whole)
+        tensors = torch.load(whole, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = tensors["state_dict"]
+    return checkpoint
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load with `weights_only=True`; a missing, truncated or foreign file gets a clear error."""
+    """Load with `weights_only=True`; a missing, truncated or foreign file gets a clear error. A
+    sharded checkpoint directory (trainer=fsdp) is consolidated in memory."""
     path = Path(path)
+    if path.is_dir():
+        return _checked(read_sharded_checkpoint(path), path)
     if not path.is_file():
         raise LmdiscError(f"checkpoint not found: {path}")
     if _truncated_zip(path):
@@ -60,6 +89,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read checkpoint {path}: the file is truncated, corrupt or not a torch "
             f"checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
         ) from None
+    return _checked(ckpt, path)
+
+
+def _checked(ckpt: Any, path: Path) -> dict[str, Any]:
+    """`ckpt` if it is a checkpoint of ours (weights and a tokenizer), else a clear error."""
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise LmdiscError(f"{path} is not an lmdisc/Lightning checkpoint (no state_dict)")
     meta = ckpt.get("lmdisc")

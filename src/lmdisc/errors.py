@@ -3,3 +3,5 @@
 
 class LmdiscError(ValueError):
     """A user-facing error: the message says what was wrong and what to do."""
+
+    exit_code = 2

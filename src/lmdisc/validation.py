@@ -125,7 +125,18 @@ def validate(cfg: DictConfig) -> None:
 
 
 # the precision group's four, plus what Lightning also accepts (its short forms, 16-true, 64-true)
-PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "32", "16", "bf16", "64")
+PRECISIONS = (
+    "32-true",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "32",
+    "16",
+    "bf16",
+    "64",
+)
 
 
 def check_trainer(trainer: DictConfig, training: bool = True) -> None:

@@ -58,7 +58,9 @@ def test_every_option_composes(tmp_path, group, option, request):
 def test_the_precision_group_sets_the_trainers_precision(tmp_path, option):
     for config_name in ("train", "train_disc"):
         extra = ["lm_ckpt=x.ckpt"] if config_name == "train_disc" else []
-        assert compose_train(tmp_path, [*extra, f"precision={option}"], config_name).trainer.precision == option
+        assert (
+            compose_train(tmp_path, [*extra, f"precision={option}"], config_name).trainer.precision == option
+        )
     # the trainer's own key still works, and wins over the group's default
     assert compose_train(tmp_path, [f"trainer.precision={option}"]).trainer.precision == option
     assert compose_train(tmp_path, []).trainer.precision == "32-true"

@@ -83,13 +83,19 @@ def test_training_blocks_start_at_an_epoch_offset_and_ranks_share_them_out():
     assert not firsts[0] & firsts[1] and len(firsts[0] | firsts[1]) == len(blocks)
 
 
-def test_evaluation_windows_are_shared_between_ranks_without_repeats():
-    split = _split(300)
-    seen = []
+@pytest.mark.parametrize("n", [300, 301, 333])
+def test_evaluation_windows_are_shared_between_ranks_without_repeats(n):
+    split = _split(n)
+    seen, batches = [], []
     for rank in range(3):
-        for window in BlockProtocol(32, 8).loader(split, 2, rank=rank, world=3):
+        loader = BlockProtocol(32, 8).loader(split, 2, rank=rank, world=3)
+        batches.append(len(loader))
+        for window in loader:
             seen.extend(window.positions[window.targets != IGNORE_INDEX].tolist())
-    assert sorted(seen) == list(range(1, 300))
+            assert (window.words[window.targets == IGNORE_INDEX] == 0).all()
+    assert sorted(seen) == list(range(1, n))
+    # as many batches on every rank (FSDP runs a collective in every forward), padding scoring nothing
+    assert len(set(batches)) == 1
 
 
 def test_collate_pads_short_windows_with_ignored_targets():

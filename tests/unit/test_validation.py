@@ -60,7 +60,9 @@ def test_a_weight_that_interpolates_a_bad_alpha_is_caught_through_the_alpha():
 
 
 def test_fp16_autocast_is_refused_on_a_cpu():
-    with pytest.raises(LmdiscError, match=r"precision=16-mixed .* needs a GPU; on a CPU use precision=bf16-mixed"):
+    with pytest.raises(
+        LmdiscError, match=r"precision=16-mixed .* needs a GPU; on a CPU use precision=bf16-mixed"
+    ):
         validate(_cfg(trainer__precision="16-mixed", trainer__accelerator="cpu"))
 
 

@@ -5,6 +5,7 @@ from .disc_refresh import DiscriminatorRefresh
 from .gradual_unfreezing import GradualUnfreezing
 from .nt_asgd import NTASGD
 from .optuna_pruning import OptunaPruning
+from .preemption import Preempted, SaveOnSignal
 from .text_progress import TextProgressBar
 from .wandb_samples import WandbSamples
 
@@ -14,6 +15,8 @@ __all__ = [
     "DiscriminatorRefresh",
     "GradualUnfreezing",
     "OptunaPruning",
+    "Preempted",
+    "SaveOnSignal",
     "TextProgressBar",
     "WandbSamples",
 ]

@@ -24,7 +24,8 @@ from lmdisc.memory import check_evaluation_fits, check_logits_fit
 
 def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
     """Run an entry point's task; a user-facing error (`LmdiscError`) is printed as one clean line
-    (no traceback; HYDRA_FULL_ERROR=1 shows it) and the process exits with status 2. A W&B run is
+    (no traceback; HYDRA_FULL_ERROR=1 shows it) and the process exits with status 2 (128 + the
+    signal's number when a signal stopped training). A W&B run is
     finished either way, so that the next multirun job starts its own."""
     try:
         result = task(cfg)
@@ -32,10 +33,11 @@ def run_main(task: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None
         close_loggers(exit_code=2)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for the traceback
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        stopped = err.exit_code != LmdiscError.exit_code  # a signal stopped it (callbacks.preemption)
+        print(f"{'stopped' if stopped else 'error'}: {err}", file=sys.stderr, flush=True)
         if _in_multirun():  # Hydra records the failed job (summary.md, the Optuna trial) and stops
             raise
-        sys.exit(2)
+        sys.exit(err.exit_code)
     except BaseException:
         close_loggers(exit_code=1)
         raise

@@ -35,6 +35,8 @@ from lmdisc.io import atomic_write_json
 from lmdisc.models.build import build_lm
 from lmdisc.models.hf import HFCausalLM
 from lmdisc.modules import LanguageModel
+from lmdisc.resume import refuse_other_run
+from lmdisc.sharding import check_fsdp_run, uses_fsdp
 from lmdisc.validation import validate
 from lmdisc.wandb_tracking import log_images, log_run_config, log_summary
 
@@ -146,7 +148,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resumed = checkpoint_tokenizer(resume)
         same_tokenizer_or_refuse(resumed, tokenizer, f"the checkpoint {cfg.ckpt_path}", "the corpus")
     module = build_module(cfg, datamodule, init_ckpt, run_config)
+    if resume is not None:  # (after build_module: it records the fine-tuning's model changes)
+        refuse_other_run(resume["lmdisc"].get("config") or {}, run_config, cfg.ckpt_path)
     check_window_memory(cfg, datamodule, module.model, module.chunk_size)
+    check_fsdp_run(cfg.trainer, module.model, module.chunk_size)
     env = environment()
     if rank_zero_only.rank == 0:  # DDP children share the run directory (lmdisc.distributed)
         tokenizer.save(output_dir / "tokenizer.json")
@@ -169,7 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        # FSDP writes sharded directories itself, atomically (lmdisc.sharding.FSDPStrategy)
+        plugins=[] if uses_fsdp(cfg.trainer) else [AtomicCheckpointIO()],
         **({"reload_dataloaders_every_n_epochs": 1} if reload else {}),
     )
     rank_zero_info(_effective_batch(datamodule, trainer))

@@ -108,6 +108,8 @@ class LMDataModule(L.LightningDataModule):
         self.fixed_tokenizer = tokenizer_object
         self.corpus: Corpus | None = None
         self.protocol: StreamProtocol | BlockProtocol | None = None
+        # (epoch, batches done) from a checkpoint: that epoch's loader starts after those batches
+        self._resume_at: tuple[int, int] | None = None
 
     # ---- corpus ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -191,14 +193,41 @@ class LMDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
 
-    def windows(self, split: TokenizedSplit, batch_size: int, train: bool = False, sharded: bool = True):
+    def windows(
+        self, split: TokenizedSplit, batch_size: int, train: bool = False, sharded: bool = True, skip: int = 0
+    ):
         rank, world = self._rank_world() if sharded else (0, 1)
-        return self._protocol().loader(split, batch_size, train, rank, world, self._epoch(), self.num_workers)
+        return self._protocol().loader(
+            split, batch_size, train, rank, world, self._epoch(), self.num_workers, skip
+        )
+
+    # ---- position in the epoch (an exact mid-epoch resume, lmdisc.resume) ------------------
+    def state_dict(self) -> dict:
+        """The epoch and how many of its training batches are done (Lightning saves this with every
+        checkpoint, on every process alike: each process's batches are its own shard's)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" in state:
+            self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+    def _batches_to_skip(self) -> int:
+        """Batches of the current epoch a resumed run has already trained on (once: later epochs
+        and reloads start at their beginning)."""
+        if self._resume_at is None:
+            return 0
+        epoch, done = self._resume_at
+        self._resume_at = None
+        return done if epoch == self._epoch() else 0
 
     # ---- loaders --------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         train = self._split("train")
-        loader = self.windows(train, self.batch_size, train=True)
+        loader = self.windows(train, self.batch_size, train=True, skip=self._batches_to_skip())
         rank, _ = self._rank_world()
         return noise_training_loader(
             loader, self.noise, self.noise_gamma, self.seed, self._epoch(), rank, self.tokenizer, train.ids

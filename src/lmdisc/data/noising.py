@@ -122,6 +122,7 @@ def noised_loader(loader: DataLoader, noising: Noising, epoch: int, rank: int) -
         drop_last=loader.drop_last,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
+        generator=loader.generator,
     )
 
 

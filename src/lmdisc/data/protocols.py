@@ -20,6 +20,7 @@ from lmdisc.errors import LmdiscError
 
 from .blocks import StridedWindows, TrainingBlocks, collate_windows, epoch_offset
 from .corpus import TokenizedSplit
+from .resumable import SkipFirst, loader_generator
 from .stream import BPTTSampler, StreamDataset, layout_stream
 
 PROTOCOLS = ("auto", "stream", "blocks")
@@ -44,14 +45,22 @@ class StreamProtocol:
         world: int = 1,
         epoch: int = 0,
         num_workers: int = 0,
+        skip: int = 0,
     ) -> DataLoader:
+        """`skip`: windows of this epoch already trained on (a mid-epoch resume)."""
         layout = layout_stream(split.ids, batch_size, rank, world, split.word_weight)
         variable = self.variable and train
         sampler = BPTTSampler(layout.length, self.bptt, variable, self.seed)
         # Lightning counts an epoch's batches when it builds the loader, before set_epoch: draw
         # this epoch's lengths now (train.py reloads the loader every epoch)
         sampler.set_epoch(epoch)
-        return DataLoader(StreamDataset(layout), sampler=sampler, batch_size=None, num_workers=num_workers)
+        return DataLoader(
+            StreamDataset(layout),
+            sampler=SkipFirst(sampler, skip) if skip else sampler,
+            batch_size=None,
+            num_workers=num_workers,
+            generator=loader_generator(self.seed),
+        )
 
     def eval_batch_size(self, split: str, configured: int) -> int:
         return self.standard_batch_sizes.get(split, configured)
@@ -86,7 +95,10 @@ class BlockProtocol:
         world: int = 1,
         epoch: int = 0,
         num_workers: int = 0,
+        skip: int = 0,
     ) -> DataLoader:
+        """`skip`: batches of this epoch already trained on (a mid-epoch resume)."""
+        generator = loader_generator(self.seed)
         if train:
             offset = epoch_offset(self.seed, epoch, self.block_size, len(split))
             blocks = TrainingBlocks(split.ids, split.word_weight, self.block_size, offset)
@@ -97,13 +109,27 @@ class BlockProtocol:
                 )
             sampler = DistributedSampler(blocks, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
             sampler.set_epoch(epoch)
-            return DataLoader(blocks, batch_size, sampler=sampler, num_workers=num_workers, drop_last=False)
+            return DataLoader(
+                blocks,
+                batch_size,
+                sampler=SkipFirst(sampler, skip * batch_size) if skip else sampler,
+                num_workers=num_workers,
+                drop_last=False,
+                generator=generator,
+            )
         windows = StridedWindows(split.ids, split.word_weight, self.block_size, self.stride)
-        # every rank scores its own contiguous share of the windows, none twice (no padding)
-        share = len(windows.spans)
-        first, last = rank * share // world, (rank + 1) * share // world
-        windows.spans = windows.spans[first:last]
-        return DataLoader(windows, batch_size, collate_fn=collate_windows, num_workers=num_workers)
+        # every rank scores its own contiguous share of the windows, none twice; shares are padded to
+        # one length with windows that score nothing (FSDP gathers weights in every forward: ranks
+        # must run as many as each other)
+        spans = windows.spans
+        first, last = rank * len(spans) // world, (rank + 1) * len(spans) // world
+        begin, end, _ = spans[-1]
+        windows.spans = spans[first:last] + [(begin, end, end + 1)] * (
+            -(-len(spans) // world) - (last - first)
+        )
+        return DataLoader(
+            windows, batch_size, collate_fn=collate_windows, num_workers=num_workers, generator=generator
+        )
 
     def eval_batch_size(self, split: str, configured: int) -> int:
         return configured

@@ -73,6 +73,10 @@ class AWDLSTM(LanguageModelBase):
         extras = {"raw_output": raw_output, "dropped_output": output}
         return output, new_state, extras
 
+    def shard_units(self) -> list[nn.Module]:
+        """One FSDP unit per recurrent layer."""
+        return list(self.rnns)
+
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder(features)
 

@@ -77,6 +77,11 @@ class LanguageModelBase(nn.Module):
         model without such a stack (an LSTM) returns []."""
         return []
 
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards one by one (trainer=fsdp), each called in the model's forward; the
+        model's own unit holds the rest (embedding and output layer together). Blocks by default."""
+        return self.blocks()
+
     def head_parameters(self) -> list[nn.Parameter]:
         """The output layer's parameters and any norm between the last block and it (the "head" that
         `finetune.mode=head` trains); [] when the model does not say."""

@@ -54,6 +54,10 @@ class LSTMLanguageModel(LanguageModelBase):
     def output_layer(self):
         return self.decoder.weight, self.decoder.bias
 
+    def shard_units(self) -> list[nn.Module]:
+        """The recurrent core (all its layers: one fused nn.LSTM) is one FSDP unit."""
+        return [self.rnn]
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.decoder.parameters())
 

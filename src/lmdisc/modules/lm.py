@@ -18,6 +18,7 @@ from lmdisc.finetune import FinetunePlan, lora_state, optimizer_groups
 from lmdisc.losses.base import BatchContext, Loss
 from lmdisc.metrics import SplitMetrics, TokenNLL
 from lmdisc.models.base import LanguageModelBase
+from lmdisc.resume import gather_from_ranks, move_state, restore_rng, rng_state, this_ranks
 from lmdisc.wandb_tracking import wandb_loggers
 from lmdisc.window_loop import Reader
 
@@ -82,9 +83,20 @@ class LanguageModel(L.LightningModule):
         self._window_len = bptt
         self.tokens_seen = 0  # input tokens of this process' training windows, for throughput
         self._rate_since: tuple[float, int] | None = None  # (time, tokens_seen) at the last logged step
+        self._resumed: dict | None = None  # this process's state from a checkpoint, until the next step
 
     def forward(self, tokens: torch.Tensor, state=None):
         return self.model(tokens, state)
+
+    def configure_model(self) -> None:
+        """trainer=fsdp: shard the LM (its units, then itself: lmdisc.sharding); once. train.py has
+        checked the run can be sharded (`check_fsdp_run`) before any process started."""
+        from lmdisc.sharding import is_fsdp, shard_language_model
+
+        if self._trainer is None or not is_fsdp(self.trainer.strategy) or getattr(self, "_sharded", False):
+            return
+        shard_language_model(self.model, self.trainer.strategy.device_mesh["data_parallel"])
+        self._sharded = True
 
     # ---- training -------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -93,7 +105,24 @@ class LanguageModel(L.LightningModule):
             self.loss_fn.bind_corpus(datamodule.load())
 
     def on_train_epoch_start(self) -> None:
+        """(Not called when a run resumes mid-epoch.) A new epoch starts without carried state or sums,
+        also after resuming from an epoch end: only the RNG streams are restored then."""
         self.readers["train"].reset()
+        if self._resumed is not None:
+            self._resumed = {"rng": self._resumed["rng"]}
+
+    def on_train_batch_start(self, batch: Window, batch_idx: int) -> None:
+        """First step after a resume: the RNG streams, the carried state and the epoch's training sums
+        as they were when the checkpoint was saved (`lmdisc.resume`); Lightning itself restored the
+        rest and the data module skipped the batches already done."""
+        if self._resumed is None:
+            return
+        resumed, self._resumed = self._resumed, None
+        restore_rng(resumed["rng"])
+        if "reader" in resumed:
+            self.readers["train"].state = move_state(resumed["reader"], self.device)
+        for name, value in resumed.get("train_nll", {}).items():
+            setattr(self.train_nll, name, value.to(self.device))
 
     def training_step(self, batch: Window, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch.inputs, batch.targets
@@ -167,8 +196,10 @@ class LanguageModel(L.LightningModule):
             return
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
+            norms = [torch.linalg.vector_norm(g.float()) for g in grads]
+            # FSDP: each norm is a DTensor over the shards; full_tensor() reduces it to the whole one
+            norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
 
     def _logs_kept(self) -> bool:
         """Whether Lightning writes this step's logs: after the step it has stepped global_step + 1
@@ -255,6 +286,17 @@ class LanguageModel(L.LightningModule):
             checkpoint["lmdisc"]["finetune"] = plan.meta
         if plan is not None and plan.adapters_only:  # the base is rebuilt from where it came from
             checkpoint["state_dict"] = lora_state(checkpoint["state_dict"])
+        # every process's RNG, carried state and epoch sums, for an exact mid-epoch resume
+        checkpoint["lmdisc"]["resume"] = gather_from_ranks(
+            {
+                "rng": rng_state(),
+                "reader": move_state(self.readers["train"].state, "cpu"),
+                "train_nll": {k: v.detach().cpu() for k, v in self.train_nll.metric_state.items()},
+            }
+        )
         run_ids = [logger.version for logger in wandb_loggers(self.loggers) if logger.version]
         if run_ids:  # ckpt_path= resumes this W&B run (lmdisc.wandb_tracking)
             checkpoint["lmdisc"]["wandb_run_id"] = str(run_ids[0])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed = this_ranks((checkpoint.get("lmdisc") or {}).get("resume"))

@@ -1,0 +1,73 @@
+"""Stop at the next step boundary on SIGTERM, SIGINT or SIGUSR1, save a checkpoint, exit cleanly.
+
+A preempted job (SLURM, Kubernetes, a spot instance) gets SIGTERM and some seconds of grace; Ctrl+C
+sends SIGINT. Lightning's own answer to SIGTERM raises at the end of a step and saves nothing, and
+Ctrl+C can land mid-step, where weights and optimiser may disagree. This callback only records the
+signal; at the end of the step the processes agree (any one signalled stops them all), save
+`last.ckpt`, which `ckpt_path=` resumes exactly (`lmdisc.resume`), and the run exits with status
+128 + the signal's number and one line saying where it stopped. Under SLURM with Lightning's
+auto-requeue (`trainer=multinode`), SIGUSR1 stays Lightning's: it saves and requeues the job.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from lmdisc.errors import LmdiscError
+
+SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+
+class Preempted(LmdiscError):
+    """Training stopped by a signal after saving its checkpoint; the exit status is 128 + signal."""
+
+    def __init__(self, signum: int, step: int, path: str):
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: stopped after step {step} and saved {path}; "
+            f"resume exactly where it stopped with ckpt_path={path}"
+        )
+
+
+class SaveOnSignal(L.Callback):
+    def __init__(self, dirpath: str, filename: str = "last"):
+        self.path = str(Path(dirpath) / f"{filename}.ckpt")
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _record(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        for name in SIGNALS:
+            if name == "SIGUSR1" and slurm_requeue or not hasattr(signal, name):
+                continue
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._record)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        local = self.received is not None
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+            return
+        signum = self.received if local else signal.SIGTERM  # another process got it
+        trainer.save_checkpoint(self.path)
+        self._restore_handlers()
+        raise Preempted(int(signum), trainer.global_step, self.path)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore_handlers()
