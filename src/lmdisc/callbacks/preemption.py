@@ -47,7 +47,7 @@ class SaveOnSignal(L.Callback):
         environment = getattr(trainer.strategy, "cluster_environment", None)
         slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
         for name in SIGNALS:
-            if name == "SIGUSR1" and slurm_requeue or not hasattr(signal, name):
+            if (name == "SIGUSR1" and slurm_requeue) or not hasattr(signal, name):
                 continue
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._record)
