@@ -71,16 +71,21 @@ def move_state(state, device: torch.device | str):
     return type(state)(move_state(s, device) for s in state)
 
 
-# data options that change neither the text nor the training windows: free to differ on resume
-# (the path may move between machines: the tokenizer check and data.name catch another corpus)
-_DATA_FREE = (
-    "path",
-    "num_workers",
-    "eval_batch_size",
-    "download",
-    "cache_dir",
-    "train_eval_tokens",
-    "eval_stride",
+# what makes the data another corpus or other training windows (the path may move between
+# machines, and seed, noise or loader workers change how training goes on, not what it is on)
+_DATA_IDENTITY = (
+    "name",
+    "source",
+    "tokenizer",
+    "vocab_size",
+    "detokenize",
+    "protocol",
+    "batch_size",
+    "bptt",
+    "variable_bptt",
+    "block_size",
+    "train_split",
+    "heldout_fraction",
 )
 
 
@@ -89,10 +94,10 @@ def refuse_other_run(saved: dict, current: dict, path: str) -> None:
     or continue on other windows); `saved` and `current` are the resolved run configs."""
     from lmdisc.errors import LmdiscError
 
-    for group, free in (("model", ()), ("data", _DATA_FREE)):
+    for group in ("model", "data"):
         before, now = saved.get(group) or {}, current.get(group) or {}
         for key in sorted(set(before) | set(now)):
-            if key in free or before.get(key) == now.get(key):
+            if (group == "data" and key not in _DATA_IDENTITY) or before.get(key) == now.get(key):
                 continue
             raise LmdiscError(
                 f"ckpt_path={path} was trained with {group}.{key}={before.get(key)!r} and this run has "

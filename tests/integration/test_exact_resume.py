@@ -30,7 +30,6 @@ COMMON = [
     "trainer.deterministic=true",
     "evaluate=false",
 ]
-STOP_AT = 13  # mid-epoch 2 (10 batches an epoch)
 
 
 class SendSignal(L.Callback):
@@ -56,10 +55,14 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(
-    tmp_path, tiny_corpus, monkeypatch, case, signame
+# (model, signal, the step before which it arrives): 10 batches an epoch, so 13 is mid-epoch 2 and 9
+# the last batch of epoch 1 (the checkpoint is then an epoch end)
+STOPS = [("lstm", "SIGTERM", 13), ("lstm", "SIGINT", 13), ("gpt", "SIGTERM", 13), ("lstm", "SIGTERM", 9)]
+
+
+@pytest.mark.parametrize("case,signame,stop_at", STOPS)
+def test_a_signal_then_resume_equals_the_uninterrupted_run(
+    tmp_path, tiny_corpus, monkeypatch, case, signame, stop_at
 ):
     overrides = [*CASES[case](tiny_corpus), *COMMON]
     whole = train(compose_train(tmp_path / "whole", overrides))
@@ -70,20 +73,20 @@ def test_a_signal_mid_epoch_then_resume_equals_the_uninterrupted_run(
         patch.setattr(
             train_cli,
             "instantiate_callbacks",
-            lambda *a: [*instantiate_callbacks(*a), SendSignal(STOP_AT, signum)],
+            lambda *a: [*instantiate_callbacks(*a), SendSignal(stop_at, signum)],
         )
         with pytest.raises(
-            Preempted, match=rf"{signame} received: stopped after step {STOP_AT + 1} and saved"
+            Preempted, match=rf"{signame} received: stopped after step {stop_at + 1} and saved"
         ):
             train(compose_train(tmp_path / "cut", overrides))
     assert signal.getsignal(signum) is not None  # the handlers were given back
     last = tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == STOP_AT + 1
+    assert torch.load(last, weights_only=True)["global_step"] == stop_at + 1
 
     resumed = train(compose_train(tmp_path / "resumed", [*overrides, f"ckpt_path={last}"]))
     assert resumed["global_step"] == whole["global_step"] == 20
     before, after = _steps(tmp_path / "whole" / "run"), _steps(tmp_path / "resumed" / "run")
-    later = [step for step in before if step > STOP_AT + 1]
+    later = [step for step in before if step > stop_at + 1]
     assert later and all(
         before[s].get(k) == after[s].get(k)
         for s in later

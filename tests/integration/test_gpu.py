@@ -71,3 +71,21 @@ def test_transformer_rkl_disc_fine_tuning_on_cuda(
     metrics = train(compose_train(tmp_path, overrides))
     assert math.isfinite(metrics["val/ppl"]) and math.isfinite(metrics["test/word_ppl"])
     assert metrics["val/ppl"] < 1.1 * run["metrics"]["val/ppl"]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_fsdp_on_one_gpu_trains_and_its_sharded_checkpoint_evaluates(tiny_corpus, tmp_path, precision):
+    """trainer=fsdp's code path (nccl, one rank) on CUDA: a finite run whose sharded best.ckpt/ train.py
+    evaluates after fitting."""
+    overrides = [
+        *gpt_overrides(tiny_corpus),
+        "trainer=fsdp",
+        "trainer.accelerator=gpu",
+        "trainer.devices=1",
+        f"precision={precision}",
+        "trainer.max_epochs=1",
+        "logger=none",
+    ]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_dir()
+    assert math.isfinite(metrics["val/ppl"]) and math.isfinite(metrics["test/ppl"])

@@ -37,7 +37,8 @@ class Preempted(LmdiscError):
 class SaveOnSignal(L.Callback):
     def __init__(self, dirpath: str, filename: str = "last"):
         self.path = str(Path(dirpath) / f"{filename}.ckpt")
-        self.received: int | None = None
+        self.received: int | None = None  # the signal this process got
+        self._stopping: int | None = None  # the signal all processes agreed to stop on
         self._previous: dict[int, object] = {}
 
     def _record(self, signum, frame) -> None:
@@ -56,10 +57,25 @@ class SaveOnSignal(L.Callback):
         local = self.received is not None
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
-        signum = self.received if local else signal.SIGTERM  # another process got it
-        trainer.save_checkpoint(self.path)
+        self._stopping = int(self.received if local else signal.SIGTERM)  # another process got it
+        # after an epoch's last batch, let the epoch end run (validation, metrics), save there and
+        # stop before the next epoch: Lightning resumes a checkpoint of an epoch's last batch in a
+        # state that skips both that epoch's end and the next one's start
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            trainer.save_checkpoint(self.path)
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self._stopping is not None:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if self._stopping is not None:  # saved at the end of the previous epoch
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
         self._restore_handlers()
-        raise Preempted(int(signum), trainer.global_step, self.path)
+        raise Preempted(self._stopping, trainer.global_step, self.path)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -203,12 +203,14 @@ class LMDataModule(L.LightningDataModule):
 
     # ---- position in the epoch (an exact mid-epoch resume, lmdisc.resume) ------------------
     def state_dict(self) -> dict:
-        """The epoch and how many of its training batches are done (Lightning saves this with every
-        checkpoint, on every process alike: each process's batches are its own shard's)."""
+        """Mid-epoch: the epoch and how many of its training batches are done (Lightning saves this
+        with every checkpoint, on every process alike: each process's batches are its own shard's)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not 0 < done < trainer.num_training_batches:  # at an epoch's end the next one starts afresh
+            return {}
         return {"epoch": trainer.current_epoch, "batches_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:

@@ -119,9 +119,12 @@ class LanguageModel(L.LightningModule):
             return
         resumed, self._resumed = self._resumed, None
         restore_rng(resumed["rng"])
-        if "reader" in resumed:
-            self.readers["train"].state = move_state(resumed["reader"], self.device)
-        for name, value in resumed.get("train_nll", {}).items():
+        if "reader" not in resumed:  # saved between epochs: this one starts afresh (Lightning may
+            self.readers["train"].reset()  # not call on_train_epoch_start after such a resume)
+            self.train_nll.reset()
+            return
+        self.readers["train"].state = move_state(resumed["reader"], self.device)
+        for name, value in resumed["train_nll"].items():
             setattr(self.train_nll, name, value.to(self.device))
 
     def training_step(self, batch: Window, batch_idx: int) -> torch.Tensor:
@@ -286,14 +289,13 @@ class LanguageModel(L.LightningModule):
             checkpoint["lmdisc"]["finetune"] = plan.meta
         if plan is not None and plan.adapters_only:  # the base is rebuilt from where it came from
             checkpoint["state_dict"] = lora_state(checkpoint["state_dict"])
-        # every process's RNG, carried state and epoch sums, for an exact mid-epoch resume
-        checkpoint["lmdisc"]["resume"] = gather_from_ranks(
-            {
-                "rng": rng_state(),
-                "reader": move_state(self.readers["train"].state, "cpu"),
-                "train_nll": {k: v.detach().cpu() for k, v in self.train_nll.metric_state.items()},
-            }
-        )
+        # every process's RNG and, mid-epoch, its carried state and epoch sums: an exact resume
+        entry = {"rng": rng_state()}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if 0 < done < self.trainer.num_training_batches:
+            entry["reader"] = move_state(self.readers["train"].state, "cpu")
+            entry["train_nll"] = {k: v.detach().cpu() for k, v in self.train_nll.metric_state.items()}
+        checkpoint["lmdisc"]["resume"] = gather_from_ranks(entry)
         run_ids = [logger.version for logger in wandb_loggers(self.loggers) if logger.version]
         if run_ids:  # ckpt_path= resumes this W&B run (lmdisc.wandb_tracking)
             checkpoint["lmdisc"]["wandb_run_id"] = str(run_ids[0])
