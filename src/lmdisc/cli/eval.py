@@ -40,6 +40,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def eval_precision(cfg: DictConfig) -> str:
+    """`precision=` (the precision group, which sets trainer.precision)."""
+    return str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for `bf16-mixed` (losses and metrics still take their softmax in fp32)."""
     if precision not in PRECISIONS:
@@ -118,7 +123,7 @@ def score(cfg: DictConfig) -> dict[str, Any]:
     model = model.to(device).eval()
     source = Path(cfg.score_file)
     out = Path(cfg.get("score_out") or Path(cfg.paths.output_dir) / f"{source.stem}.scores.jsonl")
-    with autocast(device, cfg.get("precision", "32-true")):
+    with autocast(device, eval_precision(cfg)):
         scored = score_file(model, tokenizer, source, out, protocol, device)
     summary = scored.summary
     print(
@@ -147,7 +152,7 @@ def features(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.get("device", "auto"))
     model = model.to(device)
     layer, per_token = cfg.get("features_layer", -1), bool(cfg.get("features_per_token", False))
-    with autocast(device, cfg.get("precision", "32-true")):
+    with autocast(device, eval_precision(cfg)):
         arrays = extract_features(model, tokenizer, lines, layer, per_token, device)
     out = write_features(arrays, Path(cfg.features_out))
     shape = arrays["features"].shape
@@ -180,7 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = model.to(device).eval()
     protocol = datamodule.bind_model(model)
     check_evaluation_fits(datamodule, model.vocab_size, device, splits)
-    with autocast(device, cfg.get("precision", "32-true")):
+    with autocast(device, eval_precision(cfg)):
         if cfg.get("ensemble"):
             results, choice = evaluate_ensemble(model, datamodule, device, splits, fit, paths)
             print_members(results, model.weights)
@@ -194,7 +199,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "corpus": str(datamodule.corpus_dir),
         "tokenizer": datamodule.tokenizer.describe(),
         "protocol": protocol.describe(),
-        "precision": cfg.get("precision", "32-true"),
+        "precision": eval_precision(cfg),
         "detokenize": datamodule.spec.detokenize,
         **report_results(results, f"{protocol.describe()}: {name}", out.parent),
     }
