@@ -9,7 +9,7 @@ import pytest
 from lmdisc.cli import CONF_DIR
 from lmdisc.errors import LmdiscError
 from lmdisc.reproduce.identity import describe_change, resolved_identity
-from lmdisc.reproduce.stages import Stage, _set_aside, run_stage
+from lmdisc.reproduce.stages import IDENTITY_KEY, Stage, _set_aside, run_stage
 
 
 def identity(*overrides: str, entry: str = "train") -> dict:
@@ -159,3 +159,19 @@ def test_a_directory_set_aside_is_moved_when_it_holds_results_and_deleted_when_n
     _set_aside(stage, lines.append)
     assert not stage.out_dir.exists() and len(list(tmp_path.glob("ft.replaced-*"))) == 1
     assert "no finished epoch" in lines[0]
+
+
+def test_a_record_with_keys_ignored_since_still_matches(tmp_path):
+    """Keys that later became ignored (the last-checkpoint callback's old name) do not make a finished
+    stage look changed; eval.py's precision, now set by the precision group, compares as before."""
+    stage = _finished(tmp_path, None)
+    identity = stage.identity()
+    old = {
+        **identity,
+        "callbacks.last_checkpoint.filename": "last",
+        "callbacks.last_checkpoint.save_top_k": 1,
+    }
+    stage.record_file.write_text(json.dumps({"overrides": ["seed=1"], IDENTITY_KEY: old, "resumed_at": {}}))
+    assert stage.record_change() is None and stage.finished_as_planned
+    evaluation = resolved_identity("eval", ["ckpt=null", "precision=bf16-mixed"], CONF_DIR)
+    assert evaluation["precision"] == "bf16-mixed" and "trainer.precision" not in evaluation

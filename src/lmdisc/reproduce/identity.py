@@ -49,6 +49,9 @@ IGNORED_KEYS = (
     "logger",  # where metrics are logged (CSV, W&B), not their values
     "callbacks.*progress*",  # the progress bar or text progress lines
     "callbacks.*.dirpath",  # where checkpoints are written (the stage's own directory)
+    "callbacks.checkpoint",  # how often last.ckpt is written (for resuming), not what is computed
+    "callbacks.last_checkpoint",  # (its name before the preemption callback came)
+    "callbacks.preemption",  # saving on SIGTERM / SIGINT
     "trainer.accelerator",  # which device: the grid spreads its runs over the GPUs present
     "trainer.devices",
     "trainer.enable_progress_bar",
@@ -163,6 +166,8 @@ def resolved_identity(entry: str, overrides: list[str], config_dir: str) -> dict
             OmegaConf.update(frozen, key, "sha256:" + file_sha256(file), merge=False)
     resolved = OmegaConf.to_container(frozen, resolve=True)
     flat = _flatten(resolved)
+    if entry == "eval" and "trainer.precision" in flat:  # eval.py's `precision` before the precision group
+        flat["precision"] = flat.pop("trainer.precision")
     return {key: flat[key] for key in sorted(flat) if not is_ignored(key)}
 
 
