@@ -17,6 +17,7 @@ from lmdisc.errors import LmdiscError
 from lmdisc.finetune import FinetunePlan, lora_state, optimizer_groups
 from lmdisc.losses.base import BatchContext, Loss
 from lmdisc.metrics import SplitMetrics, TokenNLL
+from lmdisc.mfu import flops_per_token, peak_flops
 from lmdisc.models.base import LanguageModelBase
 from lmdisc.resume import gather_from_ranks, move_state, restore_rng, rng_state, this_ranks
 from lmdisc.wandb_tracking import wandb_loggers
@@ -168,7 +169,11 @@ class LanguageModel(L.LightningModule):
         if self._rate_since is not None and now > self._rate_since[0]:
             since, tokens = self._rate_since
             world = self.trainer.world_size if self._trainer is not None else 1
-            self.log("train/tokens_per_s", (self.tokens_seen - tokens) * world / (now - since))
+            rate = (self.tokens_seen - tokens) * world / (now - since)
+            self.log("train/tokens_per_s", rate)
+            peak = peak_flops(self.device)
+            if peak is not None:  # GPUs with a known peak (lmdisc.mfu)
+                self.log("train/mfu", rate * flops_per_token(self.model, self._window_len) / (peak * world))
         self._rate_since = (now, self.tokens_seen)
 
     def _non_finite_message(self, loss: torch.Tensor, inputs: torch.Tensor) -> str:
