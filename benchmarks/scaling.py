@@ -16,10 +16,9 @@ each training process's peak resident set (VmHWM from /proc, read while it runs)
 optimiser state, activations, and each process's copy of the corpus and of torch itself.
 
 `--gpu`: gpt2_124m, randomly initialised (no weights needed), bf16-mixed, one GPU, under trainer=ddp
-and trainer=fsdp with devices=1 (their code paths, one rank). MFU = achieved model FLOP/s over the
-GPU's dense bf16 peak from its specification (989 TFLOP/s for H100/H200 SXM; `--peak-tflops` for
-others), with 6 N + 12 L T d FLOPs per token (N parameters without the embedding, L layers, T the
-context, d the width: PaLM's count, attention included).
+and trainer=fsdp with devices=1 (their code paths, one rank). MFU is the run's logged `train/mfu`:
+model FLOP/s over the GPU's dense bf16 peak from its specification (989 TFLOP/s for H100/H200 SXM),
+with 6 N + 12 L T d FLOPs per token (`lmdisc.mfu`: PaLM's count, attention included).
 """
 
 from __future__ import annotations
@@ -102,13 +101,14 @@ def run_arm(name: str, overrides: list[str], threads: int, out: Path) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"{name} failed:\n{output[-3000:]}")
     with open(out / "csv" / "version_0" / "metrics.csv") as handle:
-        rates = [
-            float(r["train/tokens_per_s"]) for r in csv.DictReader(handle) if r.get("train/tokens_per_s")
-        ]
+        rows = list(csv.DictReader(handle))
+    rates = [float(r["train/tokens_per_s"]) for r in rows if r.get("train/tokens_per_s")]
+    mfu = [float(r["train/mfu"]) for r in rows if r.get("train/mfu")]
     if len(rates) < 2:
         raise SystemExit(f"{name}: too few logged steps to time ({len(rates)}); raise --steps")
     return {
         "tokens_per_s": statistics.median(rates[1:]),
+        "mfu": statistics.median(mfu[1:]) if len(mfu) > 1 else None,
         "peaks_mb": sorted(v / 1024 for v in watcher.peaks.values()),
     }
 
@@ -165,11 +165,9 @@ def cpu_table(args) -> None:
 
 
 def gpu_table(args) -> None:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(REPO / "conf" / "model" / "gpt2_124m.yaml")
-    layers, width, context = int(cfg.n_layer), int(cfg.n_embd), args.block_size
-    print(f"MFU against {args.peak_tflops:g} TFLOP/s dense bf16 (the GPU's specification)")
+    print(
+        "MFU: train/mfu as train.py logs it (lmdisc.mfu: 6 N + 12 L T d per token over the GPU's dense bf16 peak)"
+    )
     print(f"{'arm':<14}{'tokens/s':>12}{'MFU':>8}   peak RSS (MB)")
     with tempfile.TemporaryDirectory() as tmp:
         for trainer in ("ddp", "fsdp"):
@@ -179,13 +177,11 @@ def gpu_table(args) -> None:
                 "trainer.accelerator=gpu",
                 "trainer.devices=1",
                 "trainer.precision=bf16-mixed",
-                f"model.block_size={context}",
+                f"model.block_size={args.block_size}",
             ]
             row = run_arm(trainer, overrides, 4, Path(tmp) / trainer)
-            params = args.non_embedding_params
-            flops_per_token = 6 * params + 12 * layers * context * width
-            mfu = row["tokens_per_s"] * flops_per_token / (args.peak_tflops * 1e12)
-            print(f"{trainer:<14}{row['tokens_per_s']:>12,.0f}{mfu:>8.1%}   {row['peaks_mb'][0]:,.0f}")
+            mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
+            print(f"{trainer:<14}{row['tokens_per_s']:>12,.0f}{mfu:>8}   {row['peaks_mb'][0]:,.0f}")
 
 
 def main() -> None:
@@ -197,8 +193,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--gpu", action="store_true", help="gpt2_124m on one GPU: tokens/s and MFU")
-    parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--non-embedding-params", type=int, default=85_000_000, help="gpt2_124m's N for MFU")
     args = parser.parse_args()
     device = torch.device("cuda" if args.gpu else "cpu")
     print(describe(device))
