@@ -31,7 +31,9 @@ def test_a_metric_keeps_fp64_states_when_its_module_is_cast_to_bf16():
     assert states and all(s.dtype in (torch.float64, torch.long) for s in states)
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+# bf16-mixed runs of each model are in test_losses_scoring (lstm_small), test_transformers (gpt) and
+# test_rkl_awd (awd_lstm); under it the module is not cast, so the states are fp64 by construction
+@pytest.mark.parametrize("precision", ["bf16-true"])
 @pytest.mark.parametrize("model", list(MODELS))
 def test_each_model_trains_under_bf16_and_logs_exact_perplexity(tmp_path, tiny_corpus, model, precision):
     overrides = [
