@@ -1,5 +1,5 @@
-"""The precision group: every model trains under bf16-true and bf16-mixed with finite losses, and
-the metrics it logs are exact sums (fp64 states), not bf16 ones."""
+"""The precision group: every model trains under bf16-true with finite losses, and the metrics it
+logs are exact sums (fp64 states), not bf16 ones."""
 
 import json
 
