@@ -13,7 +13,9 @@ batch/N sequences each) and the same number of optimiser steps, validation off:
 tokens/s is the median of the run's logged `train/tokens_per_s` after its first logged step (start-up
 and the first steps excluded); efficiency is tokens/s over the 1-process arm's. Peak memory per rank is
 each training process's peak resident set (VmHWM from /proc, read while it runs): weights, gradients,
-optimiser state, activations, and each process's copy of the corpus and of torch itself.
+optimiser state, activations, and each process's copy of the corpus and of torch itself; `state per
+rank` is what sharding divides: the weights, gradients and optimiser state a rank holds (its local
+shards), printed by `lmdisc.callbacks.StateMemory` at the end of training.
 
 `--gpu`: gpt2_124m, randomly initialised (no weights needed), bf16-mixed, one GPU, under trainer=ddp
 and trainer=fsdp with devices=1 (their code paths, one rank). MFU is the run's logged `train/mfu`:
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -106,7 +109,12 @@ def run_arm(name: str, overrides: list[str], threads: int, out: Path) -> dict:
     mfu = [float(r["train/mfu"]) for r in rows if r.get("train/mfu")]
     if len(rates) < 2:
         raise SystemExit(f"{name}: too few logged steps to time ({len(rates)}); raise --steps")
+    state = re.findall(
+        r"training state of rank \d+: weights ([\d,]+) MB, gradients ([\d,]+) MB, optimiser ([\d,]+) MB",
+        output,
+    )
     return {
+        "state_mb": [sum(int(x.replace(",", "")) for x in row) for row in state],
         "tokens_per_s": statistics.median(rates[1:]),
         "mfu": statistics.median(mfu[1:]) if len(mfu) > 1 else None,
         "peaks_mb": sorted(v / 1024 for v in watcher.peaks.values()),
@@ -129,6 +137,7 @@ def common_overrides(args, batch: int) -> list[str]:
         "callbacks.progress_bar=null",
         "trainer.enable_model_summary=false",
         "evaluate=false",
+        "+callbacks.state_memory._target_=lmdisc.callbacks.StateMemory",
         f"paths.data_dir={DATA}",
     ]
 
@@ -158,10 +167,13 @@ def cpu_table(args) -> None:
         f"{args.model}: global batch {args.batch_size} x {args.block_size} tokens, {args.steps} steps, "
         f"tokens/s = median of train/tokens_per_s logged every {args.log_every} steps after the first"
     )
-    print(f"{'arm':<18}{'tokens/s':>10}{'x 1 proc':>10}   peak RSS per rank (MB)")
+    print(f"{'arm':<18}{'tokens/s':>10}{'x 1 proc':>10}   {'state per rank (MB)':<22}peak RSS per rank (MB)")
     for name, row in results.items():
+        state = ", ".join(f"{s:,}" for s in sorted(row["state_mb"]))
         peaks = ", ".join(f"{p:,.0f}" for p in row["peaks_mb"])
-        print(f"{name:<18}{row['tokens_per_s']:>10,.0f}{row['tokens_per_s'] / base:>10.2f}   {peaks}")
+        print(
+            f"{name:<18}{row['tokens_per_s']:>10,.0f}{row['tokens_per_s'] / base:>10.2f}   {state:<22}{peaks}"
+        )
 
 
 def gpu_table(args) -> None:

@@ -6,6 +6,7 @@ from .gradual_unfreezing import GradualUnfreezing
 from .nt_asgd import NTASGD
 from .optuna_pruning import OptunaPruning
 from .preemption import Preempted, SaveOnSignal
+from .state_memory import StateMemory
 from .text_progress import TextProgressBar
 from .wandb_samples import WandbSamples
 
@@ -17,6 +18,7 @@ __all__ = [
     "OptunaPruning",
     "Preempted",
     "SaveOnSignal",
+    "StateMemory",
     "TextProgressBar",
     "WandbSamples",
 ]
