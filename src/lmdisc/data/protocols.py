@@ -123,10 +123,10 @@ class BlockProtocol:
         # must run as many as each other)
         spans = windows.spans
         first, last = rank * len(spans) // world, (rank + 1) * len(spans) // world
-        begin, end, _ = spans[-1]
-        windows.spans = spans[first:last] + [(begin, end, end + 1)] * (
-            -(-len(spans) // world) - (last - first)
-        )
+        windows.spans = spans[first:last]
+        if spans:
+            begin, end, _ = spans[-1]
+            windows.spans += [(begin, end, end + 1)] * (-(-len(spans) // world) - (last - first))
         return DataLoader(
             windows, batch_size, collate_fn=collate_windows, num_workers=num_workers, generator=generator
         )
