@@ -20,17 +20,12 @@ from pathlib import Path
 import torch
 from machine import describe
 from scaling import DATA, run_arm
+from scaling import MODELS as SCALING_MODELS
 
 MODELS = {
     "lstm_small": ["model=lstm_small", "data.batch_size=20", "data.bptt=35", "optim.optimizer.lr=20"],
     "awd_lstm": ["model=awd_lstm", "optim=asgd", "data.batch_size=20", "data.bptt=70"],
-    "gpt": [
-        "model=gpt",
-        "data.tokenizer=bpe",
-        "data.vocab_size=8192",
-        "optim=adamw",
-        "optim.optimizer.lr=1e-3",
-    ],
+    "gpt": SCALING_MODELS["gpt"],  # the same run as scaling.py's
 }
 
 

@@ -167,3 +167,24 @@ def make_tiny_hf_models(directory: Path, corpus: Path) -> dict[str, Path]:
         model.save_pretrained(paths[name])
         fast.save_pretrained(paths[name])
     return paths
+
+
+def run_cli(module: str, overrides: list[str], tmp_path: Path, out: Path, timeout: int = 600):
+    """`python -m module` (an entry point of ours) through the real CLI, one thread per process,
+    into `out`; fails the test with the output's tail unless it exits 0."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        *overrides,
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={DATA_DIR}",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

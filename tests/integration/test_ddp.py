@@ -3,14 +3,12 @@ q_0 and discriminator, which must stay out of DDP's gradient sync and its unused
 
 import csv
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import DATA_DIR, REPO, compose_train, gpt_overrides, rkl_overrides
+from helpers import compose_train, gpt_overrides, rkl_overrides, run_cli
 from lmdisc.cli.eval import evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -18,23 +16,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 def _train_on_two_processes(overrides: list[str], tmp_path, out) -> subprocess.CompletedProcess:
     """train.py through the real CLI under DDP with two CPU processes (gloo), one epoch, into `out`."""
-    command = [
-        sys.executable,
-        "-m",
-        "lmdisc.cli.train",
+    overrides = [
         *overrides,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.max_epochs=1",
-        f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={DATA_DIR}",
-        f"hydra.run.dir={out}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_cli("lmdisc.cli.train", overrides, tmp_path, out)
 
 
 def test_rkl_disc_fine_tuning_under_two_process_ddp(trained_run, trained_disc, tiny_corpus, tmp_path):

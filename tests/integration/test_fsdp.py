@@ -4,14 +4,11 @@ directories that consolidate into a file eval.py reads."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import DATA_DIR, REPO, compose_train, gpt_overrides, quick_overrides
+from helpers import compose_train, gpt_overrides, quick_overrides, run_cli
 from lmdisc.cli.eval import evaluate
 from lmdisc.errors import LmdiscError
 from lmdisc.models.base import LanguageModelBase
@@ -41,22 +38,6 @@ FIVE_SGD_STEPS = [
 ]
 
 
-def _run(module: str, overrides: list[str], tmp_path, out) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        module,
-        *overrides,
-        f"paths.root_dir={tmp_path}",
-        f"paths.data_dir={DATA_DIR}",
-        f"hydra.run.dir={out}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
 def _grad_norms(out) -> list[float]:
     with open(out / "csv" / "version_0" / "metrics.csv") as handle:
         return [float(row["train/grad_norm"]) for row in csv.DictReader(handle) if row.get("train/grad_norm")]
@@ -66,14 +47,14 @@ def _grad_norms(out) -> list[float]:
 def test_fsdp_trains_like_ddp_and_its_sharded_checkpoint_consolidates(tiny_corpus, tmp_path, model):
     overrides = [*MODELS[model](tiny_corpus), *FIVE_SGD_STEPS]
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    _run("lmdisc.cli.train", [*overrides, "trainer=ddp"], tmp_path, ddp)
-    _run("lmdisc.cli.train", [*overrides, "trainer=fsdp"], tmp_path, fsdp)
+    run_cli("lmdisc.cli.train", [*overrides, "trainer=ddp"], tmp_path, ddp)
+    run_cli("lmdisc.cli.train", [*overrides, "trainer=fsdp"], tmp_path, fsdp)
 
     sharded = fsdp / "checkpoints" / "last.ckpt"
     assert sharded.is_dir() and (fsdp / "checkpoints" / "best.ckpt").is_dir()
     assert not list((fsdp / "checkpoints").glob(".*"))  # no partial directory left behind
     whole = tmp_path / "fsdp_last.ckpt"
-    _run("lmdisc.cli.consolidate", [f"ckpt={sharded}", f"out={whole}"], tmp_path, tmp_path / "consolidate")
+    run_cli("lmdisc.cli.consolidate", [f"ckpt={sharded}", f"out={whole}"], tmp_path, tmp_path / "consolidate")
 
     ckpt_fsdp = torch.load(whole, weights_only=True)
     ckpt_ddp = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
