@@ -6,8 +6,8 @@ same steps, for lstm_small, awd_lstm and gpt (each the real train.py, one proces
 
 tokens/s is the median of the logged `train/tokens_per_s` after the first logged step; the validation
 perplexity is the run's own after its last step, on the first `--val-batches` validation windows
-(the same windows for both precisions). On CPUs without AMX bf16 matmuls gain little over fp32; on
-CPU the LSTM's fused recurrent core runs in fp32 under bf16 autocast either way (it rejects bf16).
+(the same windows for both precisions). How bf16 compares with fp32 depends on the CPU (AMX or
+not); benchmarks/lstm_core.py times the LSTM's recurrent core alone in either dtype.
 """
 
 from __future__ import annotations

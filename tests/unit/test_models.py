@@ -85,3 +85,25 @@ def test_awd_regularization_is_ar_plus_tar():
 def test_untied_sizes_checked():
     with pytest.raises(ValueError, match="tie_weights"):
         LSTMLanguageModel(V, 8, 16, tie_weights=True)
+
+
+@pytest.mark.parametrize("make", [lambda: LSTMLanguageModel(V, 8, 8, 2), lambda: _tiny_awd()])
+def test_the_recurrent_core_follows_autocast_unless_its_device_keeps_fp32(make, monkeypatch):
+    """benchmarks/lstm_core.py found the bf16 core faster on CPU, so autocast runs it in bf16 there;
+    a device in FP32_CORE_DEVICES gets the fp32 core (and an fp32 carried state)."""
+    from lmdisc.models import base
+
+    model = make().eval()
+    tokens = torch.randint(0, V, (2, 5))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state, _ = model(tokens)
+        assert torch.cat([s.flatten() for s in _flatten(state)]).dtype == torch.bfloat16
+        monkeypatch.setattr(base, "FP32_CORE_DEVICES", {"cpu"})
+        _, state32, _ = model(tokens, state)  # a carried bf16 state is accepted by the fp32 core
+        assert all(s.dtype == torch.float32 for s in _flatten(state32))
+
+
+def _flatten(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _flatten(s)]
