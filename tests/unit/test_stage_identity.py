@@ -175,3 +175,19 @@ def test_a_record_with_keys_ignored_since_still_matches(tmp_path):
     assert stage.record_change() is None and stage.finished_as_planned
     evaluation = resolved_identity("eval", ["ckpt=null", "precision=bf16-mixed"], CONF_DIR)
     assert evaluation["precision"] == "bf16-mixed" and "trainer.precision" not in evaluation
+
+
+@pytest.mark.parametrize("recorded_as", ["precision", "trainer.precision"])
+def test_an_evaluation_recorded_under_either_name_of_its_precision_still_matches(tmp_path, recorded_as):
+    """eval.py's precision was `precision`, then `trainer.precision` (the precision group), and is
+    compared as `precision`: a finished full-test scoring recorded under either is reused."""
+    stage = Stage("score", "eval", ["ckpt=null", "precision=bf16-mixed"], tmp_path / "score")
+    stage.out_dir.mkdir()
+    stage.metrics_file.write_text('{"test/ppl": 1.0}')
+    recorded = {k: v for k, v in stage.identity().items() if k != "precision"}
+    recorded[recorded_as] = "bf16-mixed"
+    stage.record_file.write_text(json.dumps({"overrides": stage.overrides, IDENTITY_KEY: recorded}))
+    assert stage.finished_as_planned
+    recorded[recorded_as] = "32-true"
+    stage.record_file.write_text(json.dumps({"overrides": stage.overrides, IDENTITY_KEY: recorded}))
+    assert stage.record_change() == "precision: 32-true -> bf16-mixed"

@@ -165,8 +165,15 @@ def resolved_identity(entry: str, overrides: list[str], config_dir: str) -> dict
         if value not in _NULLS and (file := _tokenizer_file(str(value))) is not None:
             OmegaConf.update(frozen, key, "sha256:" + file_sha256(file), merge=False)
     resolved = OmegaConf.to_container(frozen, resolve=True)
-    flat = _flatten(resolved)
-    if entry == "eval" and "trainer.precision" in flat:  # eval.py's `precision` before the precision group
+    return canonical_identity(entry, _flatten(resolved))
+
+
+def canonical_identity(entry: str, flat: dict) -> dict:
+    """A flat identity without its ignored keys and with eval.py's precision under one name
+    (`precision`, as before the precision group made it `trainer.precision`), so that identities
+    recorded before and after a rename compare equal."""
+    flat = dict(flat)
+    if entry == "eval" and "trainer.precision" in flat:
         flat["precision"] = flat.pop("trainer.precision")
     return {key: flat[key] for key in sorted(flat) if not is_ignored(key)}
 

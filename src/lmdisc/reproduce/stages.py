@@ -28,7 +28,7 @@ from lmdisc.cli import CONF_DIR
 from lmdisc.errors import LmdiscError
 from lmdisc.io import atomic_write_json
 
-from .identity import describe_change, is_ignored, resolved_identity
+from .identity import canonical_identity, describe_change, resolved_identity
 from .run_logs import next_log_index
 
 ENTRY_POINTS = {"train": "lmdisc.cli.train", "train_disc": "lmdisc.cli.train_disc", "eval": "lmdisc.cli.eval"}
@@ -113,8 +113,8 @@ class Stage:
     def record_change(self) -> str | None:
         """None if the recorded identity is this stage's, else how it differs (for the log)."""
         recorded = stage_record(self.out_dir).get(IDENTITY_KEY)
-        if recorded is not None:  # keys ignored since it was recorded do not count
-            recorded = {key: value for key, value in recorded.items() if not is_ignored(key)}
+        if recorded is not None:  # keys ignored or renamed since it was recorded do not count
+            recorded = canonical_identity(self.entry, recorded)
         identity = self.identity()
         return None if recorded == identity else describe_change(recorded or {}, identity)
 
