@@ -169,9 +169,12 @@ def make_tiny_hf_models(directory: Path, corpus: Path) -> dict[str, Path]:
     return paths
 
 
-def run_cli(module: str, overrides: list[str], tmp_path: Path, out: Path, timeout: int = 600):
+def run_cli(
+    module: str, overrides: list[str], tmp_path: Path, out: Path, timeout: int = 600, returncode: int = 0
+):
     """`python -m module` (an entry point of ours) through the real CLI, one thread per process,
-    into `out`; fails the test with the output's tail unless it exits 0."""
+    into `out` (with tests/ importable, for callbacks named by `_target_`); fails the test with the
+    output's tail unless it exits with `returncode`."""
     import subprocess
     import sys
 
@@ -184,7 +187,25 @@ def run_cli(module: str, overrides: list[str], tmp_path: Path, out: Path, timeou
         f"paths.data_dir={DATA_DIR}",
         f"hydra.run.dir={out}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tests = str(Path(__file__).parent)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def signal_at_step(at: int, signum: int, rank: int = 0):
+    """A Lightning callback by which the process of global `rank` sends itself `signum` just before
+    optimiser step `at` (0-based over the run); a function, so that `_target_` can name it."""
+    import lightning as L
+
+    class SignalAtStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == at and trainer.global_rank == rank:
+                os.kill(os.getpid(), signum)
+
+    return SignalAtStep()

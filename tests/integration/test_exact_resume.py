@@ -3,15 +3,13 @@ uninterrupted run: the same training objective at every later step, the same val
 and, on CPU with trainer.deterministic=true, bitwise the same final weights."""
 
 import csv
-import os
 import signal
 
-import lightning as L
 import pytest
 import torch
 
 import lmdisc.cli.train as train_cli
-from helpers import compose_train, gpt_overrides, quick_overrides
+from helpers import compose_train, gpt_overrides, quick_overrides, run_cli, signal_at_step
 from lmdisc.callbacks import Preempted
 from lmdisc.cli.train import train
 
@@ -32,17 +30,6 @@ COMMON = [
 ]
 
 
-class SendSignal(L.Callback):
-    """Sends this process `signum` just before training batch `at` (0-based over the run)."""
-
-    def __init__(self, at: int, signum: int):
-        self.at, self.signum = at, signum
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.at:
-            os.kill(os.getpid(), self.signum)
-
-
 def _steps(run_dir) -> dict[int, dict[str, str]]:
     rows = {}
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
@@ -55,9 +42,23 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-# (model, signal, the step before which it arrives): 10 batches an epoch, so 13 is mid-epoch 2 and 9
-# the last batch of epoch 1 (the checkpoint is then an epoch end)
-STOPS = [("lstm", "SIGTERM", 13), ("lstm", "SIGINT", 13), ("gpt", "SIGTERM", 13), ("lstm", "SIGTERM", 9)]
+def _logged(steps: dict, at, prefix: str = "") -> list[dict]:
+    """The metrics named `prefix...` logged at steps `at`, without the wall-clock throughput."""
+    return [
+        {k: v for k, v in steps[s].items() if k.startswith(prefix) and k != "train/tokens_per_s"} for s in at
+    ]
+
+
+# (model, signal, the step before which it arrives): 10 batches an epoch, so 13 is mid-epoch 2, 9 the
+# last batch of epoch 1 (the checkpoint is then an epoch end) and 4 mid-epoch 1 with the LSTM's
+# validation due after it (skipped: the run stops first) and a whole epoch still to come
+STOPS = [
+    ("lstm", "SIGTERM", 13),
+    ("lstm", "SIGINT", 13),
+    ("gpt", "SIGTERM", 13),
+    ("lstm", "SIGTERM", 9),
+    ("lstm", "SIGTERM", 4),
+]
 
 
 @pytest.mark.parametrize("case,signame,stop_at", STOPS)
@@ -65,7 +66,7 @@ def test_a_signal_then_resume_equals_the_uninterrupted_run(
     tmp_path, tiny_corpus, monkeypatch, case, signame, stop_at
 ):
     overrides = [*CASES[case](tiny_corpus), *COMMON]
-    whole = train(compose_train(tmp_path / "whole", overrides))
+    whole_run = train(compose_train(tmp_path / "whole", overrides))
 
     instantiate_callbacks = train_cli.instantiate_callbacks
     signum = getattr(signal, signame)
@@ -73,7 +74,7 @@ def test_a_signal_then_resume_equals_the_uninterrupted_run(
         patch.setattr(
             train_cli,
             "instantiate_callbacks",
-            lambda *a: [*instantiate_callbacks(*a), SendSignal(stop_at, signum)],
+            lambda *a: [*instantiate_callbacks(*a), signal_at_step(stop_at, signum)],
         )
         with pytest.raises(
             Preempted, match=rf"{signame} received: stopped after step {stop_at + 1} and saved"
@@ -83,15 +84,14 @@ def test_a_signal_then_resume_equals_the_uninterrupted_run(
     last = tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == stop_at + 1
 
-    resumed = train(compose_train(tmp_path / "resumed", [*overrides, f"ckpt_path={last}"]))
-    assert resumed["global_step"] == whole["global_step"] == 20
-    before, after = _steps(tmp_path / "whole" / "run"), _steps(tmp_path / "resumed" / "run")
-    later = [step for step in before if step > stop_at + 1]
-    assert later and all(
-        before[s].get(k) == after[s].get(k)
-        for s in later
-        for k in ("train/objective", "val/ppl", "train/ppl", "train/grad_norm")
-    ), [(s, before[s], after.get(s)) for s in later if before[s] != after.get(s)][:2]
+    resumed_run = train(compose_train(tmp_path / "resumed", [*overrides, f"ckpt_path={last}"]))
+    assert resumed_run["global_step"] == whole_run["global_step"] == 20
+    whole, cut, resumed = (_steps(tmp_path / run / "run") for run in ("whole", "cut", "resumed"))
+    assert sorted(resumed) == [s for s in sorted(whole) if s > stop_at]
+    # every step logged as uninterrupted: the cut run's up to the signal (its training metrics: a
+    # validation due after the last step is skipped), the resumed run's after it
+    assert _logged(cut, range(stop_at + 1), "train/") == _logged(whole, range(stop_at + 1), "train/")
+    assert _logged(resumed, sorted(resumed)) == _logged(whole, sorted(resumed))
     first = _weights(tmp_path / "whole" / "run" / "checkpoints" / "last.ckpt")
     second = _weights(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
@@ -119,3 +119,42 @@ def test_resuming_a_checkpoint_of_another_configuration_is_refused(
     ]
     with pytest.raises(LmdiscError, match=message + r": resume with the same (model|data) options"):
         train(compose_train(tmp_path, [*overrides, change]))
+
+
+@pytest.mark.multiprocess
+def test_under_ddp_a_signal_to_one_rank_stops_both_and_the_resume_is_exact(tmp_path, tiny_corpus):
+    """SIGTERM reaches rank 1 only: both ranks stop after the same step (they agree at its end),
+    rank 0 saves every rank's RNG and position, and the 2-process resume equals the uninterrupted
+    run. The LSTM draws dropout masks on each rank, so a rank resumed with another's RNG differs."""
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "model.dropout=0.3",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=8",
+        "trainer.log_every_n_steps=1",
+        "trainer.deterministic=true",
+        "evaluate=false",
+    ]
+    run_cli("lmdisc.cli.train", overrides, tmp_path, tmp_path / "whole")
+    stop = [
+        "+callbacks.signal._target_=helpers.signal_at_step",
+        "+callbacks.signal.at=3",
+        f"+callbacks.signal.signum={int(signal.SIGTERM)}",
+        "+callbacks.signal.rank=1",
+    ]
+    cut = run_cli(
+        "lmdisc.cli.train", [*overrides, *stop], tmp_path, tmp_path / "cut", returncode=128 + signal.SIGTERM
+    )
+    assert "SIGTERM received: stopped after step 4" in cut.stderr + cut.stdout
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+
+    run_cli("lmdisc.cli.train", [*overrides, f"ckpt_path={last}"], tmp_path, tmp_path / "resumed")
+    whole, cut, resumed = (_steps(tmp_path / run) for run in ("whole", "cut", "resumed"))
+    assert _logged(cut, range(4)) == _logged(whole, range(4))  # every step logged, as uninterrupted
+    assert _logged(resumed, range(4, 8)) == _logged(whole, range(4, 8))
+    first = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    second = _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(first[k], second[k]) for k in first)

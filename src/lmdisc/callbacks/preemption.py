@@ -39,6 +39,7 @@ class SaveOnSignal(L.Callback):
         self.path = str(Path(dirpath) / f"{filename}.ckpt")
         self.received: int | None = None  # the signal this process got
         self._stopping: int | None = None  # the signal all processes agreed to stop on
+        self._saved = False  # last.ckpt written for it: stop at the next hook
         self._previous: dict[int, object] = {}
 
     def _record(self, signum, frame) -> None:
@@ -58,23 +59,37 @@ class SaveOnSignal(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
         self._stopping = int(self.received if local else signal.SIGTERM)  # another process got it
-        # after an epoch's last batch, let the epoch end run (validation, metrics), save there and
-        # stop before the next epoch: Lightning resumes a checkpoint of an epoch's last batch in a
-        # state that skips both that epoch's end and the next one's start
+        # mid-epoch: save now, and stop at the next hook, once Lightning has logged this step. After
+        # an epoch's last batch, let the epoch end run (validation, metrics), save there and stop
+        # before the next epoch: Lightning resumes a checkpoint of an epoch's last batch in a state
+        # that skips both that epoch's end and the next one's start
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             trainer.save_checkpoint(self.path)
-            self._stop(trainer)
+            self._saved = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self._stopping is not None:
+        if self._stopping is not None and not self._saved:
             trainer.save_checkpoint(self.path)
+            self._saved = True
 
+    # the first hook after a save: the next batch, a validation due after this step, or the end
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
-        if self._stopping is not None:  # saved at the end of the previous epoch
+        if self._saved:
+            self._stop(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self._saved:
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self._saved:
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
+        self._saved = False
         self._restore_handlers()
+        for logger in trainer.loggers:  # the steps logged since the last flush (a CSV buffers them)
+            logger.save()
         raise Preempted(self._stopping, trainer.global_step, self.path)
 
     def _restore_handlers(self) -> None:

@@ -16,7 +16,8 @@ from torch.utils.data import Sampler
 
 
 class SkipFirst(Sampler):
-    """`sampler` without its first `count` indices; `len` is still the whole epoch's."""
+    """`sampler` without its first `count` indices in its first pass only (the resumed epoch: a
+    loader that is not rebuilt every epoch reads the next epochs whole); `len` is the whole epoch's."""
 
     def __init__(self, sampler: Sampler, count: int):
         self.sampler, self.count = sampler, count
@@ -26,7 +27,8 @@ class SkipFirst(Sampler):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.count, None)
+        count, self.count = self.count, 0
+        return itertools.islice(iter(self.sampler), count, None)
 
     def __len__(self) -> int:
         return len(self.sampler)
