@@ -170,11 +170,17 @@ def make_tiny_hf_models(directory: Path, corpus: Path) -> dict[str, Path]:
 
 
 def run_cli(
-    module: str, overrides: list[str], tmp_path: Path, out: Path, timeout: int = 600, returncode: int = 0
+    module: str,
+    overrides: list[str],
+    tmp_path: Path,
+    out: Path,
+    timeout: int = 600,
+    returncode: int = 0,
+    env: dict[str, str] | None = None,
 ):
     """`python -m module` (an entry point of ours) through the real CLI, one thread per process,
-    into `out` (with tests/ importable, for callbacks named by `_target_`); fails the test with the
-    output's tail unless it exits with `returncode`."""
+    into `out` (with tests/ importable, for callbacks named by `_target_`; `env` added to the
+    environment); fails the test with the output's tail unless it exits with `returncode`."""
     import subprocess
     import sys
 
@@ -192,6 +198,7 @@ def run_cli(
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+        **(env or {}),
     }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-3000:]

@@ -3,6 +3,7 @@ uninterrupted run: the same training objective at every later step, the same val
 and, on CPU with trainer.deterministic=true, bitwise the same final weights."""
 
 import csv
+import os
 import signal
 
 import pytest
@@ -162,3 +163,47 @@ def test_under_ddp_a_signal_to_one_rank_stops_both_and_the_resume_is_exact(tmp_p
     first = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     second = _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_under_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path, tiny_corpus):
+    """Lightning's SLURM auto-requeue, with a stand-in `scontrol` that records its arguments and then
+    kills the job, as SLURM would: SIGUSR1 saves hpc_ckpt_1.ckpt and requeues the job by its id; the
+    job started again in the same run directory resumes from that checkpoint and finishes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol_args"}\nkill -KILL $PPID\n')
+    scontrol.chmod(0o755)
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    overrides = [
+        *quick_overrides(tiny_corpus),
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=8",
+        "evaluate=false",
+    ]
+    signal_usr1 = [
+        "+callbacks.signal._target_=helpers.signal_at_step",
+        "+callbacks.signal.at=3",
+        f"+callbacks.signal.signum={int(signal.SIGUSR1)}",
+    ]
+    out = tmp_path / "run"
+    run_cli(
+        "lmdisc.cli.train", [*overrides, *signal_usr1], tmp_path, out, env=slurm, returncode=-signal.SIGKILL
+    )
+    assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "4242"]
+    hpc = out / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 3
+
+    requeued = run_cli("lmdisc.cli.train", overrides, tmp_path, out, env=slurm)
+    assert f"Restoring states from the checkpoint path at {hpc}" in requeued.stdout + requeued.stderr
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16

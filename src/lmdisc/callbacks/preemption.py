@@ -5,8 +5,9 @@ sends SIGINT. Lightning's own answer to SIGTERM raises at the end of a step and 
 Ctrl+C can land mid-step, where weights and optimiser may disagree. This callback only records the
 signal; at the end of the step the processes agree (any one signalled stops them all), save
 `last.ckpt`, which `ckpt_path=` resumes exactly (`lmdisc.resume`), and the run exits with status
-128 + the signal's number and one line saying where it stopped. Under SLURM with Lightning's
-auto-requeue (`trainer=multinode`), SIGUSR1 stays Lightning's: it saves and requeues the job.
+128 + the signal's number and one line saying where it stopped. In a SLURM job Lightning's
+auto-requeue handles SIGUSR1 first (it saves hpc_ckpt_<n>.ckpt and requeues the job): this callback
+then leaves SIGUSR1 to it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import signal
 from pathlib import Path
 
 import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment
 
 from lmdisc.errors import LmdiscError
 
@@ -46,12 +46,12 @@ class SaveOnSignal(L.Callback):
         self.received = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        environment = getattr(trainer.strategy, "cluster_environment", None)
-        slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
         for name in SIGNALS:
-            if (name == "SIGUSR1" and slurm_requeue) or not hasattr(signal, name):
+            if not hasattr(signal, name):
                 continue
             signum = getattr(signal, name)
+            if name == "SIGUSR1" and signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                continue  # already handled: Lightning's SLURM auto-requeue saves and requeues on it
             self._previous[signum] = signal.signal(signum, self._record)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
