@@ -143,3 +143,14 @@ def test_datamodule_serves_rank_shards(tmp_path):
     assert isinstance(window, Window) and window.inputs.shape == (2, 4) and window.targets.shape == (2, 4)
     assert torch.equal(window.inputs[:, 1:], window.targets[:, :-1])
     assert isinstance(dm.tokenizer, WordTokenizer)
+
+
+def test_a_resumed_loader_skips_the_done_batches_in_its_first_epoch_only():
+    """SkipFirst: the resumed epoch starts after the batches already done; a loader that is not
+    rebuilt every epoch (a stream without variable BPTT) reads every later epoch whole."""
+    from lmdisc.data.resumable import SkipFirst
+
+    sampler = SkipFirst(range(6), 4)
+    assert len(sampler) == 6
+    assert list(sampler) == [4, 5]
+    assert list(sampler) == list(range(6))
