@@ -106,6 +106,9 @@ def test_the_study_reports_the_discriminator_verdict_and_paired_bootstrap_on_the
     assert "`select` of `" in text and "valid lines [0, 500]" in text
     assert "| rkl_disc | 5e-05 | 40.20 ± 0.10 |" in text  # the grid's slice, best lr by validation
     assert "scored by `test_full` (the full split)" in text
+    # the base's full-test row: its word-level PPL (exp of 0.1 nats a word above control's) and token-level
+    base_words = math.exp(sum(n + 1.0 for n in CONTROL_LINE_NLL) / 400)
+    assert f"| base | – | 1 | {base_words:.2f} | {base_words * 0.8:.2f} | – |" in text
     # known answers: rkl_disc's lines are control's minus 0.05 nats a word, ce's plus 0.02
     row = next(line for line in text.splitlines() if line.startswith("| rkl_disc − control |"))
     assert "-0.05000 [-0.05000, -0.05000]" in row and "rkl_disc lower" in row and "| 3 |" in row

@@ -75,6 +75,11 @@ def _scored(runs: list[dict], name: str) -> list[dict] | None:
     return found if found and all(f is not None for f in found) else None
 
 
+def _value(scores: dict, key: str) -> float | None:
+    """A score file's summary names it `key`; an evaluation's metrics.json `test/key`."""
+    return scores.get(key, scores.get(f"test/{key}"))
+
+
 def full_split_sections(results: dict, best: dict[str, dict]) -> list[str]:
     """One section per evaluation of the best runs (`runs: best`): word-level PPL per arm, and the
     paired differences with their bootstrap intervals when it scored per line."""
@@ -92,14 +97,14 @@ def full_split_sections(results: dict, best: dict[str, dict]) -> list[str]:
             "| arm | lr | runs | word-level PPL | token-level PPL | word-level Δ vs base |",
             "|---|---|---|---|---|---|",
         ]
+        ref = _value(base, "word_ppl") if base else None
         if base:
-            lines.append(
-                f"| base | – | 1 | {base['word_ppl' if 'word_ppl' in base else 'test/word_ppl']:.2f} | – | – |"
-            )
+            tokens = _value(base, "ppl")
+            shown = "–" if tokens is None else f"{tokens:.2f}"
+            lines.append(f"| base | – | 1 | {ref:.2f} | {shown} | – |")
         for arm, found in per_arm.items():
-            words = [f.get("word_ppl", f.get("test/word_ppl")) for f in found]
-            tokens = [f.get("ppl", f.get("test/ppl")) for f in found]
-            ref = base.get("word_ppl", base.get("test/word_ppl")) if base else None
+            words = [_value(f, "word_ppl") for f in found]
+            tokens = [_value(f, "ppl") for f in found]
             delta = pm([w - ref for w in words]) if ref is not None else "–"
             lines.append(
                 f"| {arm} | {best[arm]['lr']:g} | {len(found)} | {pm(words)} | {pm(tokens)} | {delta} |"
