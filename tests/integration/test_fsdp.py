@@ -18,8 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 MODELS = {
     "gpt": lambda corpus: [*gpt_overrides(corpus), "model.dropout=0.0"],
-    "lstm": lambda corpus: [*quick_overrides(corpus), "model.tie_weights=true"],
-    # one FSDP unit per layer; its dropouts off so that both runs draw nothing
+    # an LSTM with tied weights and one FSDP unit per layer; its dropouts off so that both runs draw nothing
     "awd_lstm": lambda corpus: [
         *quick_overrides(corpus, "awd_lstm"),
         "model.emb_size=32",
