@@ -120,6 +120,16 @@ def test_resuming_a_checkpoint_of_another_configuration_is_refused(
         train(compose_train(tmp_path, [*overrides, *change.split()]))
 
 
+def _signal_at(step: int, signum: int, rank: int = 0) -> list[str]:
+    """Overrides adding helpers.signal_at_step to a train.py run in another process."""
+    return [
+        "+callbacks.signal._target_=helpers.signal_at_step",
+        f"+callbacks.signal.at={step}",
+        f"+callbacks.signal.signum={int(signum)}",
+        f"+callbacks.signal.rank={rank}",
+    ]
+
+
 @pytest.mark.multiprocess
 def test_under_ddp_a_signal_to_one_rank_stops_both_and_the_resume_is_exact(tmp_path, tiny_corpus):
     """SIGTERM reaches rank 1 only: both ranks stop after the same step (they agree at its end),
@@ -137,16 +147,11 @@ def test_under_ddp_a_signal_to_one_rank_stops_both_and_the_resume_is_exact(tmp_p
         "evaluate=false",
     ]
     run_cli("lmdisc.cli.train", overrides, tmp_path, tmp_path / "whole")
-    stop = [
-        "+callbacks.signal._target_=helpers.signal_at_step",
-        "+callbacks.signal.at=3",
-        f"+callbacks.signal.signum={int(signal.SIGTERM)}",
-        "+callbacks.signal.rank=1",
-    ]
-    cut = run_cli(
+    stop = _signal_at(3, signal.SIGTERM, rank=1)
+    stopped = run_cli(
         "lmdisc.cli.train", [*overrides, *stop], tmp_path, tmp_path / "cut", returncode=128 + signal.SIGTERM
     )
-    assert "SIGTERM received: stopped after step 4" in cut.stderr + cut.stdout
+    assert "SIGTERM received: stopped after step 4" in stopped.stderr + stopped.stdout
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 4
 
@@ -185,15 +190,9 @@ def test_under_slurm_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_pat
         "trainer.limit_train_batches=8",
         "evaluate=false",
     ]
-    signal_usr1 = [
-        "+callbacks.signal._target_=helpers.signal_at_step",
-        "+callbacks.signal.at=3",
-        f"+callbacks.signal.signum={int(signal.SIGUSR1)}",
-    ]
     out = tmp_path / "run"
-    run_cli(
-        "lmdisc.cli.train", [*overrides, *signal_usr1], tmp_path, out, env=slurm, returncode=-signal.SIGKILL
-    )
+    usr1 = _signal_at(3, signal.SIGUSR1)
+    run_cli("lmdisc.cli.train", [*overrides, *usr1], tmp_path, out, env=slurm, returncode=-signal.SIGKILL)
     assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "4242"]
     hpc = out / "hpc_ckpt_1.ckpt"
     assert torch.load(hpc, weights_only=True)["global_step"] == 3
