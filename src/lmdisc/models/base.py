@@ -19,12 +19,12 @@ def detach_state(state: State) -> State:
     return type(state)(detach_state(s) for s in state)
 
 
-def _cast(state: State, dtype: torch.dtype) -> State:
+def _to_float(state: State) -> State:
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        return state.to(dtype)
-    return type(state)(_cast(s, dtype) for s in state)
+        return state.float()
+    return type(state)(_to_float(s) for s in state)
 
 
 # Device types whose LSTM recurrent core stays in fp32 under bf16 autocast; elsewhere autocast runs it
@@ -41,7 +41,7 @@ def run_recurrent(rnn: nn.Module, x: torch.Tensor, state: State = None):
     """
     if x.device.type in FP32_CORE_DEVICES and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            out, state = rnn(x.float(), _cast(state, torch.float32))
+            out, state = rnn(x.float(), _to_float(state))
     else:
         out, state = rnn(x, state)
     # without grad the CPU LSTM may return a strided view; a Linear on a non-contiguous 3-D input
