@@ -17,6 +17,11 @@ IGNORED_WARNINGS: tuple[tuple[str, str], ...] = (
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         "Lightning 2.6's own pytree helper against torch >= 2.10: internal to Lightning",
     ),
+    (
+        r"You're resuming from a checkpoint that ended before the epoch ended",
+        "our loaders are not Lightning-stateful, but LMDataModule restores their position itself "
+        "(lmdisc.resume, data/resumable.py; tests/integration/test_exact_resume.py): the resume is exact",
+    ),
 )
 
 # Lightning's advertisement for its hosted logger, printed by every run at info level

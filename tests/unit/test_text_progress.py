@@ -106,3 +106,33 @@ def test_the_entry_points_use_the_automatic_bar(tmp_path, monkeypatch, config_na
     monkeypatch.setattr("sys.stdout", io.StringIO())
     bar = instantiate(cfg.callbacks.progress_bar)
     assert isinstance(bar, TextProgressBar) and bar.every_s == 60
+
+
+class _SaveAt(L.Callback):
+    """Saves a mid-epoch checkpoint after half the batches, as a preemption would."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx + 1 == BATCHES // 2:
+            trainer.save_checkpoint(self.folder / "mid.ckpt", weights_only=False)
+
+
+def test_a_run_resumed_mid_epoch_counts_time_and_speed_from_its_own_start(tmp_path, capsys):
+    """Lightning calls no epoch start when it resumes mid-epoch: the bar once reported the machine's
+    uptime as the elapsed time, 0 tok/s and an ETA from it."""
+    rows = torch.ones(BATCHES * BATCH_SHAPE[0], BATCH_SHAPE[1])
+    batches = DataLoader(TensorDataset(rows, rows), batch_size=BATCH_SHAPE[0])
+    common = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+    first = L.Trainer(max_epochs=1, callbacks=[TextProgressBar(every_s=3600), _SaveAt(tmp_path)], **common)
+    first.fit(_Toy(), batches)
+    capsys.readouterr()
+    resumed = L.Trainer(max_epochs=1, callbacks=[TextProgressBar(every_s=0)], **common)
+    resumed.fit(_Toy(), batches, ckpt_path=tmp_path / "mid.ckpt", weights_only=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": batch " in line]
+    assert lines, "the resumed epoch printed no batch line"
+    for line in lines:
+        elapsed = re.search(r"· (\S+) elapsed", line).group(1)
+        assert elapsed.count(":") == 1 and int(elapsed.split(":")[0]) < 5, line
+        assert int(re.search(r"([\d,]+) tok/s", line).group(1).replace(",", "")) > 0, line

@@ -64,12 +64,12 @@ class SaveOnSignal(L.Callback):
         # before the next epoch: Lightning resumes a checkpoint of an epoch's last batch in a state
         # that skips both that epoch's end and the next one's start
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # a full one, to resume from
             self._saved = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if self._stopping is not None and not self._saved:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # a full one, to resume from
             self._saved = True
 
     # the first hook after a save: the next batch, a validation due after this step, or the end

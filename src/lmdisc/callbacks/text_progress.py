@@ -43,7 +43,7 @@ class TextProgressBar(ProgressBar):
         self._enabled = True
         self._epoch_start = self._last_line = self._val_start = 0.0
         self._val_seconds = 0.0  # validation inside this epoch, left out of tokens/s
-        self._tokens = 0
+        self._tokens = self._batches = 0  # seen by this process in this epoch
 
     def disable(self) -> None:
         self._enabled = False
@@ -59,15 +59,23 @@ class TextProgressBar(ProgressBar):
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         return f"epoch {trainer.current_epoch + 1}/{total}"
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def _start_counting(self) -> None:
         self._epoch_start = self._last_line = time.monotonic()
         self._val_seconds = 0.0
-        self._tokens = 0
+        self._tokens = self._batches = 0
+
+    # a run resumed mid-epoch gets no epoch start: it counts from its own start
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_counting()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start_counting()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         if isinstance(inputs, torch.Tensor):
             self._tokens += inputs.numel()
+        self._batches += 1
         now = time.monotonic()
         if not self._enabled or now - self._last_line < self.every_s:
             return
@@ -78,7 +86,9 @@ class TextProgressBar(ProgressBar):
         parts = [f"{self._epoch_label(trainer)}: batch {done:,}{of_total}"]
         if math.isfinite(total) and total > 0:
             parts[0] += f" ({100 * done / total:.1f}%)"
-            parts.append(f"{_duration(elapsed)} elapsed, ~{_duration(elapsed / done * (total - done))} left")
+            parts.append(
+                f"{_duration(elapsed)} elapsed, ~{_duration(elapsed / self._batches * (total - done))} left"
+            )
         if self._tokens:
             parts.append(f"{self._tokens / max(elapsed - self._val_seconds, 1e-9):,.0f} tok/s")
         metrics = self._metrics(trainer, pl_module, "train/")
