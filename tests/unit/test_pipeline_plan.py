@@ -54,6 +54,18 @@ def test_near_equal_learning_rates_get_distinct_run_names(tmp_path):
     assert stages[0].name == "ce_lr0.1_seed1"
 
 
+def test_an_arm_with_its_own_seeds_adds_runs_and_leaves_the_others_named_as_before(tmp_path):
+    arms = {"ce": ["loss=ce"], "ppl": {"overrides": ["loss=ppl"], "seeds": [1, 2, 3]}}
+    names = [s.name for s in _pipeline(tmp_path, arms=arms, lrs=[0.3]).finetune_stages("/b", "/d")]
+    assert names == [
+        "ce_lr0.3_seed1",
+        "ce_lr0.3_seed2",
+        "ppl_lr0.3_seed1",
+        "ppl_lr0.3_seed2",
+        "ppl_lr0.3_seed3",
+    ]
+
+
 def test_arm_placeholders_are_filled_and_other_braces_kept(tmp_path):
     arms = {"rkl": ["loss.discriminator_ckpt={disc_ckpt}", "+tag={base_ckpt}/{other}"]}
     (stage, *_) = _pipeline(tmp_path, arms=arms).finetune_stages("/b.ckpt", "/d.ckpt")

@@ -105,7 +105,7 @@ def test_the_study_reports_the_discriminator_verdict_and_paired_bootstrap_on_the
     assert "| discriminator_lm_frozen | ≥ 1.38629 (nothing saved) | – | – | – | **no** |" in text
     assert "`select` of `" in text and "valid lines [0, 500]" in text
     assert "| rkl_disc | 5e-05 | 40.20 ± 0.10 |" in text  # the grid's slice, best lr by validation
-    assert "scored by `test_full` (the full split)" in text
+    assert "scored by `test_full`" in text
     # the base's full-test row: its word-level PPL (exp of 0.1 nats a word above control's) and token-level
     base_words = math.exp(sum(n + 1.0 for n in CONTROL_LINE_NLL) / 400)
     assert f"| base | – | 1 | {base_words:.2f} | {base_words * 0.8:.2f} | – |" in text
@@ -169,3 +169,47 @@ def test_the_transfer_table_has_every_arm_with_its_other_corpus_parameters_speed
     lora = next(r for r in results["runs"] if r["arm"] == "lora")
     assert lora["checkpoint_used"].endswith("lora_lr0.001_seed1/checkpoints/best.ckpt")
     assert lora["val/ppl"] == 13.0  # the `wt2` evaluation's numbers stand for the run's own (score_with)
+
+
+# smollm2_ppl_reg: per optimiser, (alpha arm, NLL shift per word against CE); the norms logged
+# before clipping: SGD's mostly above the clip (1.0), AdamW's below
+PPL_REG_SHIFTS = {"ce": 0.0, "alpha1e-4": 0.0, "alpha1e-3": -0.01, "alpha1e-2": 0.03}
+GRAD_NORMS = {"sgd": [2.0, 3.0, 0.5, 4.0], "adamw": [0.25, 0.5, 0.75, 1.5]}
+
+
+def test_the_ppl_reg_report_pairs_each_alpha_with_ce_and_says_how_often_clipping_acted(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=smollm2_ppl_reg", "report_only=true"], "reproduce")
+    run = tmp_path / "run"
+    _write(
+        run / "base_eval" / "metrics.json",
+        {"val/ppl": 40.0, "test/ppl": 41.0, "test/word_ppl": 80.0, "buckets": _buckets(41.0)},
+    )
+    _scores(run / "evals" / "test_lines" / "base", 0.1)
+    for optimiser, lr in (("adamw", 0.0002), ("sgd", 0.5)):
+        for objective, shift in PPL_REG_SHIFTS.items():
+            name = f"{optimiser}_{objective}_lr{format(lr, '.15g')}_seed1"
+            out = run / "finetune" / name
+            val = 39.0 + 100 * shift
+            _write(
+                out / "metrics.json",
+                {
+                    "val/ppl": val,
+                    "test/ppl": val,
+                    "test/word_ppl": val + 40,
+                    "buckets": _buckets(val),
+                    "checkpoint": str(out / "checkpoints" / "best.ckpt"),
+                },
+            )
+            (out / "config_resolved.yaml").write_text("trainer:\n  gradient_clip_val: 1.0\n")
+            (out / "csv" / "version_0").mkdir(parents=True)
+            rows = "".join(f"{step},{norm}\n" for step, norm in enumerate(GRAD_NORMS[optimiser]))
+            (out / "csv" / "version_0" / "metrics.csv").write_text("step,train/grad_norm\n" + rows)
+            _scores(run / "evals" / "test_lines" / name, shift)
+    text = reproduce(cfg).read_text()
+    assert "`model=smollm2_135m (zero-shot)`: val 40.00, test 41.00." in text
+    row = next(line for line in text.splitlines() if line.startswith("| adamw_alpha1e-3 − adamw_ce |"))
+    assert "-0.01000 [-0.01000, -0.01000]" in row and "adamw_alpha1e-3 lower" in row
+    row = next(line for line in text.splitlines() if line.startswith("| sgd_alpha1e-2 − sgd_ce |"))
+    assert "+0.03000 [+0.03000, +0.03000]" in row and "sgd_alpha1e-2 higher" in row
+    assert "| sgd_ce | 1 | 4 | 2.5 | 3 (75%) |" in text
+    assert "| adamw_alpha1e-2 | 1 | 4 | 0.625 | 1 (25%) |" in text

@@ -23,7 +23,13 @@ from lmdisc.reproduce.slices import check_slices, write_slices
 from lmdisc.reproduce.spec import arms_of, evals_of
 from lmdisc.reproduce.stages import _call
 
-NEW_EXPERIMENTS = ("smollm2_wt2_transfer", "gpt_wt2_to_ptb", "reproduce_smollm2_ptb", "reproduce_smollm2_wt2")
+NEW_EXPERIMENTS = (
+    "smollm2_wt2_transfer",
+    "gpt_wt2_to_ptb",
+    "reproduce_smollm2_ptb",
+    "smollm2_ppl_reg",
+    "reproduce_smollm2_wt2",
+)
 
 
 def _plan(tmp_path, experiment: str, overrides=()) -> Pipeline:
@@ -49,7 +55,7 @@ def _every_kind_of_stage(plan: Pipeline) -> list:
 
 
 # reproduce_smollm2_wt2's stages are reproduce_smollm2_ptb's on another corpus (tested below)
-@pytest.mark.parametrize("experiment", NEW_EXPERIMENTS[:3])
+@pytest.mark.parametrize("experiment", NEW_EXPERIMENTS[:4])
 def test_each_new_experiment_composes_with_reproduce_and_every_stage_with_its_entry_point(
     tmp_path, experiment
 ):
@@ -70,6 +76,27 @@ def test_each_new_experiment_composes_with_reproduce_and_every_stage_with_its_en
             )
         if cfg.get("score_file"):
             assert cfg.score_file == f"{data['path']}/test.txt"
+
+
+def test_ppl_reg_plans_every_alpha_and_ce_under_each_optimiser_and_more_seeds_only_where_asked(tmp_path):
+    step2 = [
+        "pipeline.finetune.arms.sgd_ce.seeds=[1,2,3]",
+        "pipeline.finetune.arms.sgd_alpha1e-2.seeds=[1,2,3]",
+    ]
+    plan = _plan(tmp_path, "smollm2_ppl_reg", step2)
+    assert plan.pretrained_base and plan.disc_cfg is None
+    stages = plan.finetune_stages(None, None)
+    assert len(stages) == 8 + 4 and all("init_from" not in " ".join(s.overrides) for s in stages)
+    by_name = {s.name: s.overrides for s in stages}
+    assert {"optim=sgd", "loss=ppl_reg", "loss.alpha=1.0e-2", "optim.optimizer.lr=0.5", "seed=3"} <= set(
+        by_name["sgd_alpha1e-2_lr0.5_seed3"]
+    )
+    assert {"optim=adamw", "loss=ce", "finetune.mode=lora", "trainer.log_every_n_steps=1"} <= set(
+        by_name["adamw_ce_lr0.0002_seed1"]
+    )
+    assert "adamw_ce_lr0.0002_seed2" not in by_name
+    with pytest.raises(LmdiscError, match=r"pipeline.paired: \['sgd_ce', 'sgd_typo'\] must name two arms"):
+        _plan(tmp_path, "smollm2_ppl_reg", ["pipeline.paired=[[sgd_ce,sgd_typo]]"])
 
 
 def test_transfer_zero_shot_base_and_per_arm_rates_with_no_init_from(tmp_path):
@@ -212,15 +239,26 @@ def test_per_arm_rates_and_starts_are_read_from_either_form():
             "arms": {
                 "ce": ["loss=ce"],
                 "scratch": {"overrides": ["x=1"], "lrs": [1e-3, 2e-3], "init_from": None},
+                "more": {"overrides": ["y=2"], "seeds": [1, 2, 3]},
             },
             "lrs": [0.1],
             "seeds": [1],
         }
     )
-    assert [(a.name, a.overrides, a.lrs, a.init) for a in arms] == [
-        ("ce", ("loss=ce",), (0.1,), None),
-        ("scratch", ("x=1",), (1e-3, 2e-3), "none"),
+    assert [(a.name, a.overrides, a.lrs, a.seeds, a.init) for a in arms] == [
+        ("ce", ("loss=ce",), (0.1,), (1,), None),
+        ("scratch", ("x=1",), (1e-3, 2e-3), (1,), "none"),
+        ("more", ("y=2",), (0.1,), (1, 2, 3), None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [([1, 1], r"arms.ce.seeds has a repeated value"), ([1.5], r"arms.ce.seeds must be integers")],
+)
+def test_an_arms_own_bad_seeds_are_refused(seeds, message):
+    with pytest.raises(LmdiscError, match=message):
+        arms_of({"arms": {"ce": {"overrides": [], "seeds": seeds}}, "lrs": [0.1], "seeds": [1]})
 
 
 @pytest.mark.parametrize(

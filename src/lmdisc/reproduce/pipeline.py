@@ -18,7 +18,7 @@ from lmdisc.io import atomic_write_json
 
 from .selection import best_by_validation
 from .slices import check_slices, fill_slices, write_slices
-from .spec import Arm, EvalSpec, arms_of, check_grid, evals_of, lr_label
+from .spec import Arm, EvalSpec, arms_of, check_grid, check_pairs, evals_of, lr_label
 from .stages import Stage, only_pipeline_in, resources, run_stage
 
 __all__ = ["GridRunner", "Pipeline", "check_grid", "lr_label"]
@@ -37,7 +37,7 @@ class Pipeline:
         self.out_dir = Path(out_dir)
         self.arms: list[Arm] = arms_of(cfg["finetune"])
         self.evals: list[EvalSpec] = evals_of(cfg["finetune"])
-        self.seeds = list(cfg["finetune"]["seeds"])
+        check_pairs(cfg.get("paired"), self.arms)
         self.slices = check_slices(cfg.get("slices"))
         self.shared = list(shared)  # e.g. paths.data_dir / paths.root_dir, passed to every stage
         if self.slices:
@@ -195,7 +195,7 @@ class Pipeline:
                 continue
             start = arm.init or ("base" if base_ckpt else "none")
             for lr in arm.lrs:
-                for seed in self.seeds:
+                for seed in arm.seeds:
                     name = f"{arm.name}_lr{lr_label(lr)}_seed{seed}"
                     overrides = [
                         *self._fill(self.cfg["common"]),

@@ -15,6 +15,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from lmdisc.analysis.plotting import headless_pyplot, save_figure
 from lmdisc.io import atomic_write_json, atomic_write_text
 
@@ -174,6 +176,7 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
     lines += ["", *full_split_sections(results, best)]
     lines += ["", "## Test PPL per frequency bucket (best lr)", "", *_bucket_table(base, best)]
     lines += _mass_section(best, [row["bucket"] for row in base["buckets"]["test"]])
+    lines += _clipping_section(best)
     change = plot_bucket_change(base, best, out_dir / "bucket_logprob_change.png")
     curves = plot_val_curves(base, best, out_dir / "val_curves.png")
     lines += [
@@ -198,10 +201,11 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
 
 
 def _base_section(results: dict, base: dict) -> list[str]:
+    source = results.get("base_checkpoint") or f"{' '.join(results.get('base_model') or [])} (zero-shot)"
     lines = [
         "## Base model",
         "",
-        f"`{results['base_checkpoint']}`: val {base['val/ppl']:.2f}, test {base['test/ppl']:.2f}.",
+        f"`{source}`: val {base['val/ppl']:.2f}, test {base['test/ppl']:.2f}.",
     ]
     curve = val_curve(results["base_dir"]) if results.get("base_dir") else []
     if len(curve) >= 2:
@@ -250,3 +254,45 @@ def _mass_section(best: dict[str, dict], bucket_order: list[str]) -> list[str]:
         cells = [_pm([run[b] for run in runs], 5) if all(b in run for run in runs) else "–" for b in buckets]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _clip_value(run_dir: str) -> float | None:
+    config = Path(run_dir) / "config_resolved.yaml"
+    if not config.is_file():
+        return None
+    clip = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("gradient_clip_val")
+    return float(clip) if clip else None
+
+
+def _clipping_section(best: dict[str, dict]) -> list[str]:
+    """How often gradient clipping acted, per arm: the logged norms before clipping (`train/grad_norm`)
+    against the run's `trainer.gradient_clip_val`. Under SGD a clipped step has the same length
+    whatever scaled the gradient (a perplexity factor), so a loss that only rescales it can only
+    matter on the steps clipping leaves alone."""
+    rows = []
+    for arm, info in best.items():
+        clips = {_clip_value(run["dir"]) for run in info["runs"]}
+        norms = [
+            float(r["train/grad_norm"])
+            for run in info["runs"]
+            for r in _rows(run["dir"])
+            if "train/grad_norm" in r
+        ]
+        if len(clips) != 1 or None in clips or not norms:
+            continue
+        (clip,) = clips
+        clipped = sum(n > clip for n in norms)
+        rows.append(
+            f"| {arm} | {clip:g} | {len(norms)} | {statistics.median(norms):.3g} | "
+            f"{clipped} ({100 * clipped / len(norms):.0f}%) |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Gradient clipping (best lr, all seeds; the logged steps' norms before clipping)",
+        "",
+        "| arm | clip | steps logged | median norm | steps clipped |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]

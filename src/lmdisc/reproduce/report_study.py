@@ -92,7 +92,7 @@ def full_split_sections(results: dict, best: dict[str, dict]) -> list[str]:
             continue
         base = (results.get("base_evals") or {}).get(name)
         lines += [
-            f"## Each arm at its best learning rate, scored by `{name}` (the full split)",
+            f"## Each arm at its best learning rate, scored by `{name}`",
             "",
             "| arm | lr | runs | word-level PPL | token-level PPL | word-level Δ vs base |",
             "|---|---|---|---|---|---|",

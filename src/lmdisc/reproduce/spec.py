@@ -1,10 +1,11 @@
 """The pipeline config's grid and evaluations, checked and put in one shape before anything runs
 (a typo found after the base trained for an hour costs the hour).
 
-An arm is a list of overrides (the learning rates are `finetune.lrs`, the run starts from the
-base checkpoint) or a mapping `{overrides: [...], lrs: [...], init_from: base|none}`: its own
-learning rates, and `init_from: none` for a run from the model config itself (a pretrained model,
-or a model trained from scratch). An extra evaluation is a list of eval.py overrides (scored for
+An arm is a list of overrides (the learning rates are `finetune.lrs`, the seeds `finetune.seeds`,
+the run starts from the base checkpoint) or a mapping `{overrides: [...], lrs: [...], seeds: [...],
+init_from: base|none}`: its own learning rates or seeds (e.g. more seeds for the arms a first pass
+chose, without re-running the others), and `init_from: none` for a run from the model config itself
+(a pretrained model, or a model trained from scratch). An extra evaluation is a list of eval.py overrides (scored for
 every run and not for the base) or a mapping `{overrides, runs: all|best, base: false,
 score: null|valid|test}`; `score` makes it a per-word scoring of that split's text (eval.py
 score_file), whose per-line numbers feed the paired bootstrap.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from lmdisc.errors import LmdiscError
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")
-ARM_KEYS = {"overrides", "lrs", "init_from"}
+ARM_KEYS = {"overrides", "lrs", "seeds", "init_from"}
 INITS = ("base", "none")
 EVAL_KEYS = {"overrides", "runs", "base", "score"}
 EVAL_RUNS = ("all", "best")
@@ -32,6 +33,7 @@ class Arm:
     name: str
     overrides: tuple[str, ...]
     lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
     init: str | None  # base | none; None: the pipeline's default (base when there is a base checkpoint)
 
 
@@ -78,39 +80,54 @@ def _lrs(lrs, where: str) -> tuple[float, ...]:
     return tuple(lrs)
 
 
-def _arm(name: str, value, default_lrs) -> Arm:
+def _seeds(seeds, where: str) -> tuple[int, ...]:
+    if any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds):
+        raise LmdiscError(f"{where} must be integers, got {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise LmdiscError(f"{where} has a repeated value: {list(seeds)}")
+    return tuple(seeds)
+
+
+def _arm(name: str, value, default_lrs, default_seeds) -> Arm:
     where = f"pipeline.finetune.arms.{name}"
     if not isinstance(value, Mapping):
-        return Arm(name, _overrides(value, where), tuple(default_lrs), None)
+        return Arm(name, _overrides(value, where), tuple(default_lrs), tuple(default_seeds), None)
     unknown = set(value) - ARM_KEYS
     if unknown:
         raise LmdiscError(f"{where} has unknown keys {sorted(unknown)}; an arm may set {sorted(ARM_KEYS)}")
     init = value.get("init_from", ...)
     if init is not ... and (init if init is not None else "none") not in INITS:
         raise LmdiscError(f"{where}.init_from must be base or none, got {init!r}")
-    lrs = value.get("lrs")
-    own = _lrs(lrs, f"{where}.lrs") if lrs is not None else tuple(default_lrs)
+    lrs, seeds = value.get("lrs"), value.get("seeds")
+    own_lrs = _lrs(lrs, f"{where}.lrs") if lrs is not None else tuple(default_lrs)
+    own_seeds = _seeds(seeds, f"{where}.seeds") if seeds is not None else tuple(default_seeds)
     init = None if init is ... else (init or "none")
-    return Arm(name, _overrides(value.get("overrides") or [], f"{where}.overrides"), own, init)
+    return Arm(name, _overrides(value.get("overrides") or [], f"{where}.overrides"), own_lrs, own_seeds, init)
 
 
 def arms_of(finetune: Mapping) -> list[Arm]:
-    """Every arm with its overrides, learning rates and start; refuses an empty, duplicated or
+    """Every arm with its overrides, learning rates, seeds and start; refuses an empty, duplicated or
     out-of-range grid."""
     arms, lrs, seeds = finetune.get("arms") or {}, finetune.get("lrs") or [], finetune.get("seeds") or []
     if lrs:
         _lrs(lrs, "pipeline.finetune.lrs")
-    parsed = [_arm(_name(arm, "pipeline.finetune.arms"), value, lrs) for arm, value in arms.items()]
-    if not parsed or not seeds or any(not arm.lrs for arm in parsed):
+    _seeds(seeds, "pipeline.finetune.seeds")
+    parsed = [_arm(_name(arm, "pipeline.finetune.arms"), value, lrs, seeds) for arm, value in arms.items()]
+    if not parsed or any(not arm.lrs or not arm.seeds for arm in parsed):
         raise LmdiscError(
             f"pipeline.finetune needs at least one arm, lr and seed; got arms={list(arms)}, lrs={list(lrs)}, "
-            f"seeds={list(seeds)} (an arm may give its own: arms.NAME.lrs)"
+            f"seeds={list(seeds)} (an arm may give its own: arms.NAME.lrs, arms.NAME.seeds)"
         )
-    if any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds):
-        raise LmdiscError(f"pipeline.finetune.seeds must be integers, got {list(seeds)}")
-    if len(set(seeds)) != len(seeds):
-        raise LmdiscError(f"pipeline.finetune.seeds has a repeated value: {list(seeds)}")
     return parsed
+
+
+def check_pairs(paired, arms: list[Arm]) -> None:
+    """`pipeline.paired`: [[A, B], ...], each an arm named twice over; a typo would silently drop
+    the comparison from results.md."""
+    names = [arm.name for arm in arms]
+    for pair in paired or []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not set(pair) <= set(names):
+            raise LmdiscError(f"pipeline.paired: {pair!r} must name two arms of {names}, as [A, B] (A − B)")
 
 
 def check_grid(finetune: Mapping) -> None:
