@@ -207,6 +207,7 @@ def test_the_ppl_reg_report_pairs_each_alpha_with_ce_and_says_how_often_clipping
             _scores(run / "evals" / "test_lines" / name, shift)
     text = reproduce(cfg).read_text()
     assert "`model=smollm2_135m (zero-shot)`: val 40.00, test 41.00." in text
+    assert "## Discriminator" not in text  # the pipeline has none (discriminator: null)
     row = next(line for line in text.splitlines() if line.startswith("| adamw_alpha1e-3 − adamw_ce |"))
     assert "-0.01000 [-0.01000, -0.01000]" in row and "adamw_alpha1e-3 lower" in row
     row = next(line for line in text.splitlines() if line.startswith("| sgd_alpha1e-2 − sgd_ce |"))

@@ -169,7 +169,7 @@ def write_report(results: dict, out_dir: Path, title: str, command: str) -> Path
     if results.get("slices"):
         note = (
             "(val/test here and in the grid, the buckets and the paired-by-seed gap: the runs' own evaluation, "
-            "on the slices above; the full split is scored below. " + note[1:]
+            "on the slices above; the other evaluations are below. " + note[1:]
         )
     lines += ["", note]
     lines += _contribution(best)

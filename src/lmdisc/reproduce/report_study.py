@@ -14,6 +14,8 @@ DEFAULT_PAIRS = (("rkl_disc", "control"), ("rkl_disc", "ce"))
 def discriminator_section(results: dict) -> list[str]:
     discs = results.get("discriminators") or {}
     chosen = results.get("discriminator")
+    if not discs and chosen is None:  # a pipeline without one (discriminator: null)
+        return []
     lines = ["## Discriminator", ""]
     if chosen is not None and chosen.get("scored_only"):
         lines.append(f"Given (scored here, not trained): `{chosen.get('checkpoint')}`.")
