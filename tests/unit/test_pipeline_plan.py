@@ -48,6 +48,15 @@ def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, change, message):
         check_grid({**GRID, **change})
 
 
+@pytest.mark.parametrize("experiment", ["reproduce_ptb_small", "smollm2_ppl_reg"])
+def test_a_pipeline_runs_in_a_stable_directory_so_the_same_command_resumes(tmp_path, experiment):
+    """hydra/default's time-stamped run directory once won: a second run of the same command
+    started the pipeline afresh elsewhere."""
+    cfg = compose_train(tmp_path, [f"experiment={experiment}"], "reproduce", return_hydra_config=True)
+    name = cfg.pipeline.name
+    assert OmegaConf.select(cfg, "hydra.run.dir") == f"{tmp_path}/logs/reproduce/{name}"
+
+
 def test_near_equal_learning_rates_get_distinct_run_names(tmp_path):
     stages = _pipeline(tmp_path, lrs=[0.1, 0.1000001]).finetune_stages("base.ckpt", "disc.ckpt")
     assert len({s.name for s in stages}) == len(stages) == 4

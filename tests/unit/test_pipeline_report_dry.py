@@ -214,3 +214,19 @@ def test_the_ppl_reg_report_pairs_each_alpha_with_ce_and_says_how_often_clipping
     assert "+0.03000 [+0.03000, +0.03000]" in row and "sgd_alpha1e-2 higher" in row
     assert "| sgd_ce | 1 | 4 | 2.5 | 3 (75%) |" in text
     assert "| adamw_alpha1e-2 | 1 | 4 | 0.625 | 1 (25%) |" in text
+
+
+def test_a_transfer_grid_whose_every_rate_finished_is_not_called_partial():
+    from lmdisc.reproduce.report_transfer import transfer_lines
+
+    runs = [
+        {"arm": "finetuned", "lr": lr, "seed": 1, "val/ppl": val, "val/word_ppl": 3 * val, "dir": f"/r/{lr}"}
+        for lr, val in ((1e-4, 51.0), (3e-4, 38.0))
+    ]
+    results = {"runs": runs, "planned_runs": 2, "base": {}, "base_checkpoint": "/b.ckpt", "base_evals": {}}
+    text = "\n".join(transfer_lines(results, "t", "c")[0])
+    assert "Partial" not in text and "| finetuned | 51.00 | **38.00** |" in text
+    results["runs"], results["planned_runs"] = runs[:1], 2
+    assert "**Partial: 1 of 2 runs have finished and been scored.**" in "\n".join(
+        transfer_lines(results, "t", "c")[0]
+    )

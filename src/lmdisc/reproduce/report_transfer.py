@@ -48,7 +48,7 @@ def transfer_lines(results: dict, title: str, command: str) -> tuple[list[str], 
     )
     lines = [f"# {title}", "", f"Produced by `{command}`.", ""]
     planned = results.get("planned_runs", len(runs))
-    scored = sum(len(info["runs"]) for info in best.values())
+    scored = sum("val/ppl" in r for r in runs)  # every rate's runs, not only the best ones
     if scored < planned:
         lines += [f"**Partial: {scored} of {planned} runs have finished and been scored.**", ""]
     lines += [f"Base: {base_name}.", ""]
@@ -92,7 +92,7 @@ def transfer_lines(results: dict, title: str, command: str) -> tuple[list[str], 
         lrs = sorted({lr for info in best.values() for lr in info["grid"]})
         lines += [
             "",
-            "## Learning rates: validation PPL",
+            "## Learning rates: validation PPL (token-level; the lowest chooses the rate)",
             "",
             "| arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
         ]
