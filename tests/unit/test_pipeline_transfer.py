@@ -104,7 +104,7 @@ def test_transfer_zero_shot_base_and_per_arm_rates_with_no_init_from(tmp_path):
     assert plan.base_stage() is None and plan.base_checkpoint() is None and plan.disc_cfg is None
     base_eval = plan.base_eval_stage(None)
     assert base_eval.entry == "eval" and "model=smollm2_135m" in base_eval.overrides
-    assert {"data=wikitext2", "precision=bf16-mixed", "data.eval_stride=512"} <= set(base_eval.overrides)
+    assert {"data=wikitext2", "precision=bf16-mixed", "data.eval_stride=1024"} <= set(base_eval.overrides)
     assert not any(o.startswith(("ckpt=", "trainer.", "finetune.")) for o in base_eval.overrides)
     stages = plan.finetune_stages(None, None)
     assert [s.name for s in stages] == [
